@@ -1,0 +1,1 @@
+// Cluster module: see issues; placeholder until implemented.

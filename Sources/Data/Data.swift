@@ -1,0 +1,1 @@
+// Data module: see issues; placeholder until implemented.

@@ -1,0 +1,2 @@
+// Engine module: see issues; placeholder until implemented.
+enum Placeholder {}

@@ -1,0 +1,106 @@
+// Contract between the graph executor (ops) and the numeric kernels.
+// Every kernel works on dense, C-ordered Float32 buffers that the caller owns.
+// Kernels never allocate per call except through `KernelScratch`, and they are deterministic:
+// the same inputs give bit-identical outputs for any `threads` value (parallelism splits
+// independent output elements, never a reduction).
+//
+// THIS FILE IS A CONTRACT STUB: the kernels helper replaces every `fatalError` body with real code
+// (optimised kernel + a plain reference kernel beside it) and may add parameters with defaults.
+
+/// Reusable scratch memory (im2col buffers etc.), owned by one executor; not shared across threads.
+public final class KernelScratch: @unchecked Sendable {
+    public private(set) var buffer: UnsafeMutablePointer<Float>
+    public private(set) var capacity: Int
+    public init() { capacity = 0; buffer = UnsafeMutablePointer<Float>.allocate(capacity: 1) }
+    deinit { buffer.deallocate() }
+    /// Returns a buffer of at least `count` floats (contents undefined).
+    public func reserve(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if count > capacity {
+            buffer.deallocate()
+            buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+            capacity = count
+        }
+        return buffer
+    }
+}
+
+/// 2-D convolution geometry (NCHW input, OIHW weight with I = inChannels / group).
+public struct Conv2DGeometry: Sendable, Equatable {
+    public var batch: Int, inChannels: Int, inHeight: Int, inWidth: Int
+    public var outChannels: Int, kernelHeight: Int, kernelWidth: Int
+    public var strideH: Int, strideW: Int, dilationH: Int, dilationW: Int
+    public var padTop: Int, padLeft: Int, padBottom: Int, padRight: Int
+    public var group: Int
+    public init(batch: Int, inChannels: Int, inHeight: Int, inWidth: Int, outChannels: Int,
+                kernelHeight: Int, kernelWidth: Int, strideH: Int = 1, strideW: Int = 1,
+                dilationH: Int = 1, dilationW: Int = 1, padTop: Int = 0, padLeft: Int = 0,
+                padBottom: Int = 0, padRight: Int = 0, group: Int = 1) {
+        self.batch = batch; self.inChannels = inChannels; self.inHeight = inHeight; self.inWidth = inWidth
+        self.outChannels = outChannels; self.kernelHeight = kernelHeight; self.kernelWidth = kernelWidth
+        self.strideH = strideH; self.strideW = strideW; self.dilationH = dilationH; self.dilationW = dilationW
+        self.padTop = padTop; self.padLeft = padLeft; self.padBottom = padBottom; self.padRight = padRight
+        self.group = group
+    }
+    public var outHeight: Int { (inHeight + padTop + padBottom - dilationH * (kernelHeight - 1) - 1) / strideH + 1 }
+    public var outWidth: Int { (inWidth + padLeft + padRight - dilationW * (kernelWidth - 1) - 1) / strideW + 1 }
+}
+
+/// Pooling geometry (NCHW). Output size is computed by the caller (ceil_mode etc.) and passed in.
+public struct Pool2DGeometry: Sendable, Equatable {
+    public var batch: Int, channels: Int, inHeight: Int, inWidth: Int
+    public var outHeight: Int, outWidth: Int
+    public var kernelHeight: Int, kernelWidth: Int
+    public var strideH: Int, strideW: Int, dilationH: Int, dilationW: Int
+    public var padTop: Int, padLeft: Int, padBottom: Int, padRight: Int
+    public init(batch: Int, channels: Int, inHeight: Int, inWidth: Int, outHeight: Int, outWidth: Int,
+                kernelHeight: Int, kernelWidth: Int, strideH: Int, strideW: Int,
+                dilationH: Int = 1, dilationW: Int = 1,
+                padTop: Int, padLeft: Int, padBottom: Int, padRight: Int) {
+        self.batch = batch; self.channels = channels; self.inHeight = inHeight; self.inWidth = inWidth
+        self.outHeight = outHeight; self.outWidth = outWidth
+        self.kernelHeight = kernelHeight; self.kernelWidth = kernelWidth
+        self.strideH = strideH; self.strideW = strideW; self.dilationH = dilationH; self.dilationW = dilationW
+        self.padTop = padTop; self.padLeft = padLeft; self.padBottom = padBottom; self.padRight = padRight
+    }
+}
+
+public enum Kernels {
+    /// Y = conv(X, W) + B. Handles groups, depthwise, dilation, stride, asymmetric pads.
+    public static func conv2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                              output: UnsafeMutablePointer<Float>, geometry: Conv2DGeometry,
+                              scratch: KernelScratch, threads: Int) {
+        fatalError("Kernels.conv2d not implemented yet")
+    }
+
+    /// ConvTranspose 2-D. Weight layout (C_in, C_out/group, kH, kW). Output dims given in geometry's
+    /// "in"/"out" sense swapped: `geometry` describes the *forward* conv that maps output -> input.
+    public static func convTranspose2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                       output: UnsafeMutablePointer<Float>, forwardGeometry: Conv2DGeometry,
+                                       scratch: KernelScratch, threads: Int) {
+        fatalError("Kernels.convTranspose2d not implemented yet")
+    }
+
+    /// C[m×n] = alpha · op(A) · op(B) + beta · C, row-major, as cblas_sgemm.
+    public static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int) {
+        fatalError("Kernels.gemm not implemented yet")
+    }
+
+    public static func maxPool2d(input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
+                                 geometry: Pool2DGeometry, threads: Int) {
+        fatalError("Kernels.maxPool2d not implemented yet")
+    }
+
+    /// countIncludePad: divide by the full kernel area (pads counted) instead of the valid count.
+    public static func averagePool2d(input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
+                                     geometry: Pool2DGeometry, countIncludePad: Bool, threads: Int) {
+        fatalError("Kernels.averagePool2d not implemented yet")
+    }
+
+    /// Mean (or max) over H·W per (n, c): output has batch·channels values.
+    public static func globalPool2d(input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
+                                    batch: Int, channels: Int, spatial: Int, isMax: Bool, threads: Int) {
+        fatalError("Kernels.globalPool2d not implemented yet")
+    }
+}

@@ -1,0 +1,1 @@
+// Transport module: see issues; placeholder until implemented.
