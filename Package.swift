@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .executable(name: "shardcal", targets: ["shardcal"]),
         .library(name: "Calibration", targets: ["Calibration"]),
+        .library(name: "CalibrationIO", targets: ["CalibrationIO"]),
         .library(name: "Engine", targets: ["Engine"]),
         .library(name: "Data", targets: ["Data"]),
         .library(name: "Transport", targets: ["Transport"]),
@@ -33,6 +34,8 @@ let package = Package(
             dependencies: [.product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
+        // File I/O for the core's formats: atomic writes (temp, fsync, rename), state/cache/table files.
+        .target(name: "CalibrationIO", dependencies: ["Calibration"]),
         // FP32 ONNX inference with activation taps.
         .target(
             name: "Engine",
@@ -62,7 +65,7 @@ let package = Package(
         .target(
             name: "Cluster",
             dependencies: [
-                "Transport", "Calibration", "Engine", "Data",
+                "Transport", "Calibration", "CalibrationIO", "Engine", "Data",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -70,13 +73,13 @@ let package = Package(
         .executableTarget(
             name: "shardcal",
             dependencies: [
-                "Calibration", "Engine", "Data", "Transport", "Cluster",
+                "Calibration", "CalibrationIO", "Engine", "Data", "Transport", "Cluster",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
 
-        .testTarget(name: "CalibrationTests", dependencies: ["Calibration"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "CalibrationIO"], resources: [.copy("Fixtures")]),
         .testTarget(name: "EngineTests", dependencies: ["Engine"]),
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "CZeroMQ"]),
