@@ -4,8 +4,8 @@
 // the same inputs give bit-identical outputs for any `threads` value (parallelism splits
 // independent output elements, never a reduction).
 //
-// THIS FILE IS A CONTRACT STUB: the kernels helper replaces every `fatalError` body with real code
-// (optimised kernel + a plain reference kernel beside it) and may add parameters with defaults.
+// Implementations live beside this file (Conv.swift, Depthwise.swift, Pool.swift, Gemm.swift); the plain
+// reference kernels used as test oracles are in Reference.swift (`Kernels.Reference`).
 
 /// Reusable scratch memory (im2col buffers etc.), owned by one executor; not shared across threads.
 public final class KernelScratch: @unchecked Sendable {
@@ -69,7 +69,7 @@ public enum Kernels {
     public static func conv2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                               output: UnsafeMutablePointer<Float>, geometry: Conv2DGeometry,
                               scratch: KernelScratch, threads: Int) {
-        fatalError("Kernels.conv2d not implemented yet")
+        conv2dImpl(input: input, weight: weight, bias: bias, output: output, geometry: geometry, scratch: scratch, threads: threads)
     }
 
     /// ConvTranspose 2-D. Weight layout (C_in, C_out/group, kH, kW). Output dims given in geometry's
@@ -77,30 +77,34 @@ public enum Kernels {
     public static func convTranspose2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                        output: UnsafeMutablePointer<Float>, forwardGeometry: Conv2DGeometry,
                                        scratch: KernelScratch, threads: Int) {
-        fatalError("Kernels.convTranspose2d not implemented yet")
+        convTranspose2dImpl(input: input, weight: weight, bias: bias, output: output, forwardGeometry: forwardGeometry,
+                            scratch: scratch, threads: threads)
     }
 
     /// C[m×n] = alpha · op(A) · op(B) + beta · C, row-major, as cblas_sgemm.
     public static func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int) {
-        fatalError("Kernels.gemm not implemented yet")
+        setBLASThreads(threads)
+        sgemmRaw(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                 beta: beta, c: c, ldc: ldc)
     }
 
     public static func maxPool2d(input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
                                  geometry: Pool2DGeometry, threads: Int) {
-        fatalError("Kernels.maxPool2d not implemented yet")
+        maxPool2dImpl(input: input, output: output, geometry: geometry, threads: threads)
     }
 
-    /// countIncludePad: divide by the full kernel area (pads counted) instead of the valid count.
+    /// countIncludePad: divide by the number of taps inside the padded input (window clipped to
+    /// input + pads, as ONNX Runtime does with ceil_mode) instead of the number of taps inside the input.
     public static func averagePool2d(input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
                                      geometry: Pool2DGeometry, countIncludePad: Bool, threads: Int) {
-        fatalError("Kernels.averagePool2d not implemented yet")
+        averagePool2dImpl(input: input, output: output, geometry: geometry, countIncludePad: countIncludePad, threads: threads)
     }
 
     /// Mean (or max) over H·W per (n, c): output has batch·channels values.
     public static func globalPool2d(input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>,
                                     batch: Int, channels: Int, spatial: Int, isMax: Bool, threads: Int) {
-        fatalError("Kernels.globalPool2d not implemented yet")
+        globalPool2dImpl(input: input, output: output, batch: batch, channels: channels, spatial: spatial, isMax: isMax, threads: threads)
     }
 }
