@@ -1,0 +1,248 @@
+import Crypto
+import Foundation
+
+/// One named tensor histogram, in the order the model produces tensors.
+public struct NamedHistogram: Sendable, Equatable {
+    public var name: String
+    public var histogram: Histogram
+    public init(name: String, histogram: Histogram) {
+        self.name = name
+        self.histogram = histogram
+    }
+}
+
+public enum StateError: Error, Equatable, CustomStringConvertible {
+    case shardAlreadyMerged([Int])
+    case modelDigestMismatch(expected: String, found: String)
+    case configDigestMismatch(expected: String, found: String)
+
+    public var description: String {
+        switch self {
+        case .shardAlreadyMerged(let ids):
+            let shown = ids.prefix(20).map(String.init).joined(separator: ", ")
+            return "shard(s) already merged (merging again would double count): \(shown)\(ids.count > 20 ? ", … (\(ids.count) in all)" : "")"
+        case let .modelDigestMismatch(expected, found):
+            return "model digest mismatch: state has \(expected), other has \(found)"
+        case let .configDigestMismatch(expected, found):
+            return "config digest mismatch: state has \(expected), other has \(found)"
+        }
+    }
+}
+
+/// Merged histograms of a calibration job plus what is needed to continue or audit it:
+/// which shards are in, and digests of the model and of the result-affecting configuration.
+public struct CalibrationState: Sendable, Equatable {
+    public var toolVersion: String
+    public var modelDigest: String
+    public var configDigest: String
+    /// Free-form metadata (dataset size, shard size, ...); merged by union, first value wins.
+    public var info: [String: String]
+    public private(set) var shards: Set<Int>
+    /// Tensor names in first-seen order (results carry the model's graph order).
+    public private(set) var tensorNames: [String]
+    public private(set) var histograms: [String: Histogram]
+
+    public init(toolVersion: String, modelDigest: String, configDigest: String, info: [String: String] = [:]) {
+        self.toolVersion = toolVersion
+        self.modelDigest = modelDigest
+        self.configDigest = configDigest
+        self.info = info
+        shards = []
+        tensorNames = []
+        histograms = [:]
+    }
+
+    /// Histograms in tensor order.
+    public var orderedHistograms: [NamedHistogram] {
+        tensorNames.map { NamedHistogram(name: $0, histogram: histograms[$0]!) }
+    }
+
+    /// Merges one shard's histograms. Throws (and changes nothing) if the shard is already in.
+    public mutating func merge(shard: Int, tensors: [NamedHistogram]) throws(StateError) {
+        if shards.contains(shard) { throw .shardAlreadyMerged([shard]) }
+        shards.insert(shard)
+        addTensors(tensors)
+    }
+
+    /// Merges another state (disjoint shards, same model and config). Changes nothing on error.
+    public mutating func merge(_ other: CalibrationState) throws(StateError) {
+        if other.modelDigest != modelDigest { throw .modelDigestMismatch(expected: modelDigest, found: other.modelDigest) }
+        if other.configDigest != configDigest { throw .configDigestMismatch(expected: configDigest, found: other.configDigest) }
+        let overlap = shards.intersection(other.shards)
+        if !overlap.isEmpty { throw .shardAlreadyMerged(overlap.sorted()) }
+        shards.formUnion(other.shards)
+        addTensors(other.orderedHistograms)
+        for (key, value) in other.info where info[key] == nil { info[key] = value }
+    }
+
+    private mutating func addTensors(_ tensors: [NamedHistogram]) {
+        for t in tensors {
+            if histograms[t.name] == nil {
+                tensorNames.append(t.name)
+                histograms[t.name] = t.histogram
+            } else {
+                histograms[t.name]!.merge(t.histogram)
+            }
+        }
+    }
+
+    // MARK: - File format
+
+    /// ```
+    /// 8    magic "SHCSTATE"
+    /// u16  format version (1)
+    /// u64  total length of the file in bytes (checksum included)
+    /// u32  header length, header (UTF-8 JSON: tool_version, model_digest, config_digest,
+    ///      shards as [[first, last], ...] inclusive runs, tensor_count, info)
+    /// per tensor: u32 name length, name (UTF-8), u32 histogram length, histogram (see Histogram coding)
+    /// 32   SHA-256 of every byte before it
+    /// ```
+    public static let magic: [UInt8] = Array("SHCSTATE".utf8)
+    public static let formatVersion: UInt16 = 1
+
+    struct Header: Codable {
+        var tool_version: String
+        var model_digest: String
+        var config_digest: String
+        var shards: [[Int]]
+        var tensor_count: Int
+        var info: [String: String]
+    }
+
+    public func encoded() -> [UInt8] {
+        var w = ByteWriter(capacity: 1024 + histograms.count * 8192)
+        w.write(CalibrationState.magic)
+        w.write(CalibrationState.formatVersion)
+        let lengthOffset = w.bytes.count
+        w.write(UInt64(0))
+        let header = Header(tool_version: toolVersion, model_digest: modelDigest, config_digest: configDigest,
+                            shards: CalibrationState.runs(of: shards).map { [$0.lowerBound, $0.upperBound] },
+                            tensor_count: tensorNames.count, info: info)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        w.writeBlob(Array(try! encoder.encode(header)))
+        for name in tensorNames {
+            w.writeString(name)
+            w.writeBlob(histograms[name]!.encoded())
+        }
+        var bytes = w.bytes
+        let total = UInt64(bytes.count + 32)
+        withUnsafeBytes(of: total.littleEndian) { raw in
+            for i in 0..<8 { bytes[lengthOffset + i] = raw[i] }
+        }
+        bytes.append(contentsOf: SHA256.hash(data: bytes))
+        return bytes
+    }
+
+    public init(decoding bytes: [UInt8]) throws(StateFormatError) {
+        let fixed = CalibrationState.magic.count + 2 + 8
+        if bytes.count < fixed + 32 {
+            if bytes.count >= CalibrationState.magic.count, Array(bytes.prefix(8)) != CalibrationState.magic {
+                throw .notAStateFile
+            }
+            throw .truncated(expected: nil, actual: bytes.count)
+        }
+        if Array(bytes.prefix(8)) != CalibrationState.magic { throw .notAStateFile }
+        var reader = ByteReader(bytes, offset: 8)
+        do {
+            let version = try reader.read(UInt16.self, "format version")
+            if version != CalibrationState.formatVersion {
+                throw StateFormatError.unsupportedVersion(found: Int(version), supported: Int(CalibrationState.formatVersion))
+            }
+            let declared = try reader.read(UInt64.self, "file length")
+            if declared != UInt64(bytes.count) {
+                if declared > UInt64(bytes.count) { throw StateFormatError.truncated(expected: Int(clamping: declared), actual: bytes.count) }
+                throw StateFormatError.damaged("file is \(bytes.count) bytes but its header says \(declared)")
+            }
+            let body = bytes[0..<(bytes.count - 32)]
+            let stored = Array(bytes.suffix(32))
+            let computed = Array(SHA256.hash(data: body))
+            if stored != computed {
+                throw StateFormatError.checksumMismatch(stored: hex(stored), computed: hex(computed))
+            }
+            let headerBytes = try reader.readBlob("header")
+            let header: Header
+            do {
+                header = try JSONDecoder().decode(Header.self, from: Data(headerBytes))
+            } catch {
+                throw StateFormatError.damaged("header is not valid: \(error)")
+            }
+            self.init(toolVersion: header.tool_version, modelDigest: header.model_digest,
+                      configDigest: header.config_digest, info: header.info)
+            for run in header.shards {
+                guard run.count == 2, run[0] <= run[1], run[0] >= 0 else {
+                    throw StateFormatError.damaged("shard run \(run) is not [first, last]")
+                }
+                shards.formUnion(run[0]...run[1])
+            }
+            for index in 0..<header.tensor_count {
+                let name = try reader.readString("name of tensor \(index)")
+                let blob = try reader.readBlob("histogram of tensor '\(name)'")
+                let histogram: Histogram
+                do {
+                    histogram = try Histogram(decoding: blob)
+                } catch {
+                    throw StateFormatError.damaged("histogram of tensor '\(name)': \(error)")
+                }
+                if histograms[name] != nil { throw StateFormatError.damaged("tensor '\(name)' appears twice") }
+                tensorNames.append(name)
+                histograms[name] = histogram
+            }
+            if reader.remaining != 32 {
+                throw StateFormatError.damaged("\(reader.remaining - 32) unexpected bytes after the last tensor")
+            }
+        } catch let error as StateFormatError {
+            throw error
+        } catch {
+            throw .damaged("\(error)")
+        }
+    }
+
+    /// Inclusive runs of consecutive ids, ascending.
+    public static func runs(of ids: Set<Int>) -> [ClosedRange<Int>] {
+        var result: [ClosedRange<Int>] = []
+        for id in ids.sorted() {
+            if let last = result.last, last.upperBound + 1 == id {
+                result[result.count - 1] = last.lowerBound...id
+            } else {
+                result.append(id...id)
+            }
+        }
+        return result
+    }
+}
+
+public enum StateFormatError: Error, Equatable, CustomStringConvertible {
+    case notAStateFile
+    case unsupportedVersion(found: Int, supported: Int)
+    case truncated(expected: Int?, actual: Int)
+    case checksumMismatch(stored: String, computed: String)
+    case damaged(String)
+
+    public var description: String {
+        switch self {
+        case .notAStateFile:
+            return "not a shardcal state file (magic bytes 'SHCSTATE' missing)"
+        case let .unsupportedVersion(found, supported):
+            return "state file format version \(found) is not supported (this shardcal reads version \(supported))"
+        case let .truncated(expected, actual):
+            if let expected { return "state file is truncated: \(actual) of \(expected) bytes present" }
+            return "state file is truncated: only \(actual) bytes"
+        case let .checksumMismatch(stored, computed):
+            return "state file is damaged: SHA-256 checksum mismatch (stored \(stored.prefix(16))…, computed \(computed.prefix(16))…)"
+        case .damaged(let why):
+            return "state file is damaged: \(why)"
+        }
+    }
+}
+
+/// Lowercase hex of bytes.
+public func hex(_ bytes: some Sequence<UInt8>) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out = [UInt8]()
+    for b in bytes {
+        out.append(digits[Int(b >> 4)])
+        out.append(digits[Int(b & 15)])
+    }
+    return String(decoding: out, as: UTF8.self)
+}
