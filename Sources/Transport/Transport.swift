@@ -1,1 +1,0 @@
-// Transport module: see issues; placeholder until implemented.
