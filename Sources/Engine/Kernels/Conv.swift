@@ -1,16 +1,19 @@
 // Convolution kernels.
-// - 1×1, stride 1, unpadded: Y[n,g] = W[g] · X[n,g] as one sgemm per (image, group), no im2col.
-// - depthwise (group == inChannels == outChannels): direct row kernels in Swift (Depthwise.swift).
-// - everything else: im2col of one image and group into scratch, then sgemm.
+// - 1×1, stride 1, unpadded: Y[n,g] = W[g] · X[n,g] as sgemm blocks, no im2col.
+// - depthwise (group == inChannels == outChannels): direct Swift kernels (Depthwise.swift).
+// - everything else: per (image, group, column block) im2col into per-worker scratch, then sgemm.
 // Bias is written into the output first and sgemm accumulates onto it (beta = 1).
+// Work is cut into tasks from the per-image shape alone (never from `threads` or the batch size),
+// so each output element is computed by the same calls for any thread count or batch size.
 
 extension Kernels {
     @inline(__always)
-    static func fillBias(_ out: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>?, channels: Int, plane: Int) {
+    static func fillBias(_ out: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>?, channels: Int,
+                         plane: Int, from p0: Int, to p1: Int) {
         for c in 0..<channels {
             let v = bias?[c] ?? 0
             let p = out + c * plane
-            for i in 0..<plane { p[i] = v }
+            for i in p0..<p1 { p[i] = v }
         }
     }
 
@@ -20,120 +23,130 @@ extension Kernels {
         precondition(g.group >= 1 && g.inChannels % g.group == 0 && g.outChannels % g.group == 0,
                      "conv2d: channels not divisible by group")
         let oh = g.outHeight, ow = g.outWidth
-        if g.batch == 0 || g.outChannels == 0 || oh <= 0 || ow <= 0 { return }
+        if g.batch <= 0 || g.outChannels == 0 || oh <= 0 || ow <= 0 { return }
         if g.group == g.inChannels && g.outChannels == g.inChannels && g.group > 1 {
             depthwiseConv2d(input: input, weight: weight, bias: bias, output: output, geometry: g, threads: threads)
             return
         }
+        prepareBLAS()
         let icg = g.inChannels / g.group, ocg = g.outChannels / g.group
         let inPlane = g.inHeight * g.inWidth, outPlane = oh * ow
-        let kArea = g.kernelHeight * g.kernelWidth
-        let kdim = icg * kArea
+        let kdim = icg * g.kernelHeight * g.kernelWidth
         let pointwise = g.kernelHeight == 1 && g.kernelWidth == 1 && g.strideH == 1 && g.strideW == 1
             && g.padTop == 0 && g.padLeft == 0 && g.padBottom == 0 && g.padRight == 0
-        let colSize = pointwise ? 0 : kdim * outPlane
-        let t = max(1, threads)
-        // Parallel over images when there are enough of them (single-threaded BLAS per worker);
-        // otherwise one image at a time with BLAS (and im2col) using all threads.
-        let perImageWorkers = g.batch >= t ? t : 1
-        let blasThreads = perImageWorkers > 1 ? 1 : t
-        let col = scratch.reserve(max(1, colSize * perImageWorkers))
-        setBLASThreads(blasThreads)
+        let split = pointwise ? GemmSplit(m: ocg, n: outPlane, k: kdim) : GemmSplit(columnsOf: outPlane, m: ocg, k: kdim)
+        let perImage = g.group * split.count
+        let tasks = g.batch * perImage
+        let workers = min(max(1, threads), tasks)
+        let colStride = pointwise ? 0 : kdim * split.block
+        let col = scratch.reserve(max(1, colStride * workers))
 
-        parallelChunks(g.batch, threads: perImageWorkers) { images in
-            let worker = perImageWorkers > 1 ? images.lowerBound * perImageWorkers / g.batch : 0
-            let myCol = col + worker * colSize
-            for n in images {
-                let x = input + n * g.inChannels * inPlane
-                let y = output + n * g.outChannels * outPlane
-                fillBias(y, bias: bias, channels: g.outChannels, plane: outPlane)
-                for grp in 0..<g.group {
-                    let xg = x + grp * icg * inPlane
-                    let yg = y + grp * ocg * outPlane
-                    let wg = weight + grp * ocg * kdim
-                    if pointwise {
-                        sgemmRaw(transA: false, transB: false, m: ocg, n: outPlane, k: icg, alpha: 1,
-                                 a: wg, lda: icg, b: xg, ldb: inPlane, beta: 1, c: yg, ldc: outPlane)
-                    } else {
-                        im2col(xg, channels: icg, geometry: g, col: myCol, threads: perImageWorkers > 1 ? 1 : t)
-                        sgemmRaw(transA: false, transB: false, m: ocg, n: outPlane, k: kdim, alpha: 1,
-                                 a: wg, lda: kdim, b: myCol, ldb: outPlane, beta: 1, c: yg, ldc: outPlane)
-                    }
+        parallelTasksWithWorker(tasks, threads: workers) { task, worker in
+            let n = task / perImage
+            let grp = (task % perImage) / split.count
+            let blk = task % split.count
+            let xg = input + (n * g.inChannels + grp * icg) * inPlane
+            let yg = output + (n * g.outChannels + grp * ocg) * outPlane
+            let wg = weight + grp * ocg * kdim
+            let bg = bias.map { $0 + grp * ocg }
+            if split.alongN {
+                let p0 = blk * split.block, p1 = min(outPlane, p0 + split.block)
+                fillBias(yg, bias: bg, channels: ocg, plane: outPlane, from: p0, to: p1)
+                if pointwise {
+                    sgemmRaw(transA: false, transB: false, m: ocg, n: p1 - p0, k: icg, alpha: 1,
+                             a: wg, lda: icg, b: xg + p0, ldb: inPlane, beta: 1, c: yg + p0, ldc: outPlane)
+                } else {
+                    let myCol = col + worker * colStride
+                    im2col(xg, channels: icg, geometry: g, from: p0, to: p1, col: myCol)
+                    sgemmRaw(transA: false, transB: false, m: ocg, n: p1 - p0, k: kdim, alpha: 1,
+                             a: wg, lda: kdim, b: myCol, ldb: p1 - p0, beta: 1, c: yg + p0, ldc: outPlane)
                 }
+            } else {
+                // Row blocks (pointwise only): output channels r0..<r1 of this group.
+                let r0 = blk * split.block, r1 = min(ocg, r0 + split.block)
+                fillBias(yg + r0 * outPlane, bias: bg.map { $0 + r0 }, channels: r1 - r0, plane: outPlane, from: 0, to: outPlane)
+                sgemmRaw(transA: false, transB: false, m: r1 - r0, n: outPlane, k: icg, alpha: 1,
+                         a: wg + r0 * icg, lda: icg, b: xg, ldb: inPlane, beta: 1, c: yg + r0 * outPlane, ldc: outPlane)
             }
         }
     }
 
-    /// Unfolds `channels` input planes into col[(c·kH·kW + i·kW + j), oh·OW + ow]; taps in the padding are 0.
+    /// Valid output-column range [lo, hi) for kernel column offset `xoff` (= j·dilationW − padLeft):
+    /// columns whose input column ow·strideW + xoff lies in [0, width).
+    @inline(__always)
+    static func validColumns(xoff: Int, stride: Int, width: Int, outWidth: Int) -> (lo: Int, hi: Int) {
+        let lo = min(outWidth, xoff >= 0 ? 0 : (-xoff + stride - 1) / stride)
+        let hi = max(lo, min(outWidth, width - xoff <= 0 ? 0 : (width - 1 - xoff) / stride + 1))
+        return (lo, hi)
+    }
+
+    /// Unfolds `channels` input planes for output positions p0..<p1 (p = oh·OW + ow) into
+    /// col[(c·kH·kW + i·kW + j), p − p0] (row length p1 − p0); taps in the padding are 0.
     static func im2col(_ x: UnsafePointer<Float>, channels: Int, geometry g: Conv2DGeometry,
-                       col: UnsafeMutablePointer<Float>, threads: Int) {
-        let oh = g.outHeight, ow = g.outWidth
+                       from p0: Int, to p1: Int, col: UnsafeMutablePointer<Float>) {
+        let ow = g.outWidth
         let kh = g.kernelHeight, kw = g.kernelWidth
-        let rows = channels * kh * kw
         let H = g.inHeight, W = g.inWidth, sh = g.strideH, sw = g.strideW
-        let outPlane = oh * ow
-        parallelChunks(rows, threads: rows * outPlane >= 1 << 16 ? threads : 1) { range in
-            for r in range {
-                let c = r / (kh * kw), i = (r / kw) % kh, j = r % kw
-                let src = x + c * H * W
-                let dst = col + r * outPlane
-                let xoff = j * g.dilationW - g.padLeft
-                // ow valid iff 0 <= ow*sw + xoff < W
-                let xLo = min(ow, xoff >= 0 ? 0 : (-xoff + sw - 1) / sw)
-                let xHi = max(xLo, min(ow, W - xoff <= 0 ? 0 : (W - 1 - xoff) / sw + 1))
-                for y in 0..<oh {
-                    let iy = y * sh - g.padTop + i * g.dilationH
-                    let d = dst + y * ow
-                    if iy < 0 || iy >= H {
-                        for q in 0..<ow { d[q] = 0 }
-                        continue
-                    }
+        let len = p1 - p0
+        for r in 0..<(channels * kh * kw) {
+            let c = r / (kh * kw), i = (r / kw) % kh, j = r % kw
+            let src = x + c * H * W
+            let dst = col + r * len - p0
+            let xoff = j * g.dilationW - g.padLeft
+            let (xLo, xHi) = validColumns(xoff: xoff, stride: sw, width: W, outWidth: ow)
+            var p = p0
+            while p < p1 {
+                let y = p / ow, x0 = p % ow
+                let x1 = min(ow, x0 + (p1 - p))
+                let d = dst + y * ow   // d[x] is output column x of row y
+                let iy = y * sh - g.padTop + i * g.dilationH
+                if iy < 0 || iy >= H {
+                    for q in x0..<x1 { d[q] = 0 }
+                } else {
                     let s = src + iy * W + xoff
-                    for q in 0..<xLo { d[q] = 0 }
+                    let a = min(max(x0, xLo), x1), b = max(a, min(x1, xHi))
+                    for q in x0..<a { d[q] = 0 }
                     if sw == 1 {
-                        for q in xLo..<xHi { d[q] = s[q] }
+                        for q in a..<b { d[q] = s[q] }
                     } else {
-                        for q in xLo..<xHi { d[q] = s[q * sw] }
+                        for q in a..<b { d[q] = s[q * sw] }
                     }
-                    for q in xHi..<ow { d[q] = 0 }
+                    for q in b..<x1 { d[q] = 0 }
                 }
+                p += x1 - x0
             }
         }
     }
 
-    /// Adds col[(c·kH·kW + i·kW + j), p] back into the image planes (inverse of im2col, summing overlaps).
-    /// Parallel over channels: each channel's plane is written by one worker, taps in a fixed order.
+    /// Adds col[(c·kH·kW + i·kW + j), p] (p over the whole output plane of `g`) back into the image
+    /// planes: the adjoint of im2col, summing overlapping taps in (i, j, p) order.
     static func col2imAdd(_ col: UnsafePointer<Float>, channels: Int, geometry g: Conv2DGeometry,
-                          image: UnsafeMutablePointer<Float>, threads: Int) {
+                          image: UnsafeMutablePointer<Float>) {
         let oh = g.outHeight, ow = g.outWidth
         let kh = g.kernelHeight, kw = g.kernelWidth
         let H = g.inHeight, W = g.inWidth, sh = g.strideH, sw = g.strideW
         let outPlane = oh * ow
-        parallelChunks(channels, threads: channels * kh * kw * outPlane >= 1 << 16 ? threads : 1) { range in
-            for c in range {
-                let dstPlane = image + c * H * W
-                for i in 0..<kh {
-                    for j in 0..<kw {
-                        let r = (c * kh + i) * kw + j
-                        let src = col + r * outPlane
-                        let xoff = j * g.dilationW - g.padLeft
-                        let xLo = min(ow, xoff >= 0 ? 0 : (-xoff + sw - 1) / sw)
-                        let xHi = max(xLo, min(ow, W - xoff <= 0 ? 0 : (W - 1 - xoff) / sw + 1))
-                        for y in 0..<oh {
-                            let iy = y * sh - g.padTop + i * g.dilationH
-                            if iy < 0 || iy >= H { continue }
-                            let d = dstPlane + iy * W + xoff
-                            let s = src + y * ow
-                            for q in xLo..<xHi { d[q * sw] += s[q] }
-                        }
+        for c in 0..<channels {
+            let dstPlane = image + c * H * W
+            for i in 0..<kh {
+                for j in 0..<kw {
+                    let src = col + ((c * kh + i) * kw + j) * outPlane
+                    let xoff = j * g.dilationW - g.padLeft
+                    let (xLo, xHi) = validColumns(xoff: xoff, stride: sw, width: W, outWidth: ow)
+                    for y in 0..<oh {
+                        let iy = y * sh - g.padTop + i * g.dilationH
+                        if iy < 0 || iy >= H { continue }
+                        let d = dstPlane + iy * W + xoff
+                        let s = src + y * ow
+                        for q in xLo..<xHi { d[q * sw] += s[q] }
                     }
                 }
             }
         }
     }
 
-    /// Transposed conv = adjoint of the forward conv `fg` (which maps the output to the input):
-    /// per image and group, col = W_gᵀ · X_g (sgemm), then col2im adds col into the output.
+    /// Transposed conv = adjoint of the forward conv `fg` (which maps this op's output to its input):
+    /// per (image, group) task, col = W_gᵀ · X_g (sgemm), then col2im adds col into the output.
     static func convTranspose2dImpl(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                     output: UnsafeMutablePointer<Float>, forwardGeometry fg: Conv2DGeometry,
                                     scratch: KernelScratch, threads: Int) {
@@ -141,35 +154,26 @@ extension Kernels {
                      "convTranspose2d: channels not divisible by group")
         let outC = fg.inChannels, inC = fg.outChannels
         let outPlane = fg.inHeight * fg.inWidth
-        let inPlane = fg.outHeight * fg.outWidth
-        if fg.batch == 0 || outC == 0 { return }
-        if inPlane <= 0 {
-            for n in 0..<fg.batch { fillBias(output + n * outC * outPlane, bias: bias, channels: outC, plane: outPlane) }
-            return
-        }
+        let inPlane = max(0, fg.outHeight) * max(0, fg.outWidth)
+        if fg.batch <= 0 || outC == 0 { return }
         let ocg = outC / fg.group, icg = inC / fg.group
         let kdim = ocg * fg.kernelHeight * fg.kernelWidth
         let colSize = kdim * inPlane
-        let t = max(1, threads)
-        let perImageWorkers = fg.batch >= t ? t : 1
-        let col = scratch.reserve(max(1, colSize * perImageWorkers))
-        setBLASThreads(perImageWorkers > 1 ? 1 : t)
-        parallelChunks(fg.batch, threads: perImageWorkers) { images in
-            let worker = perImageWorkers > 1 ? images.lowerBound * perImageWorkers / fg.batch : 0
+        let tasks = fg.batch * fg.group
+        let workers = min(max(1, threads), tasks)
+        let col = scratch.reserve(max(1, colSize * workers))
+        prepareBLAS()
+        parallelTasksWithWorker(tasks, threads: workers) { task, worker in
+            let n = task / fg.group, grp = task % fg.group
+            let y = output + (n * outC + grp * ocg) * outPlane
+            fillBias(y, bias: bias.map { $0 + grp * ocg }, channels: ocg, plane: outPlane, from: 0, to: outPlane)
+            if inPlane == 0 || icg == 0 { return }
             let myCol = col + worker * colSize
-            for n in images {
-                let x = input + n * inC * inPlane
-                let y = output + n * outC * outPlane
-                fillBias(y, bias: bias, channels: outC, plane: outPlane)
-                for grp in 0..<fg.group {
-                    // weight rows ic in group: (icg × kdim); col = Wᵀ (kdim × icg) · X_g (icg × inPlane)
-                    sgemmRaw(transA: true, transB: false, m: kdim, n: inPlane, k: icg, alpha: 1,
-                             a: weight + grp * icg * kdim, lda: kdim, b: x + grp * icg * inPlane, ldb: inPlane,
-                             beta: 0, c: myCol, ldc: inPlane)
-                    col2imAdd(myCol, channels: ocg, geometry: fg, image: y + grp * ocg * outPlane,
-                              threads: perImageWorkers > 1 ? 1 : t)
-                }
-            }
+            // Weight rows of this group's input channels: (icg × kdim); col = Wᵀ (kdim × icg) · X_g (icg × inPlane).
+            sgemmRaw(transA: true, transB: false, m: kdim, n: inPlane, k: icg, alpha: 1,
+                     a: weight + grp * icg * kdim, lda: kdim, b: input + (n * inC + grp * icg) * inPlane, ldb: inPlane,
+                     beta: 0, c: myCol, ldc: inPlane)
+            col2imAdd(myCol, channels: ocg, geometry: fg, image: y)
         }
     }
 }

@@ -1,29 +1,171 @@
 import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
-extension Kernels {
-    /// Sets the OpenBLAS thread count for the next level-3 call. OpenBLAS keeps this as process-wide
-    /// state; every kernel that calls sgemm sets it first.
-    @inline(__always)
-    static func setBLASThreads(_ threads: Int) {
-        openblas_set_num_threads(Int32(max(1, threads)))
+// OpenBLAS is only ever called single-threaded: its own threading is not bit-reproducible across
+// thread counts (measured: sgemm 261×98×64 differs between 1 and 2 OpenBLAS threads). Instead every
+// product is cut into blocks chosen from the matrix shape alone, and the blocks are spread over
+// `threads` workers; each output element is computed by the same sgemm call whatever the thread count.
+
+/// One-time OpenBLAS setup, run before the first BLAS call of the process.
+enum BLASSetup {
+    /// Name of the OpenBLAS kernel set in use after setup (e.g. "SkylakeX").
+    nonisolated(unsafe) static var coreName = ""
+    /// Non-nil when setup replaced the core OpenBLAS detected by itself: "<old> -> <new>".
+    nonisolated(unsafe) static var coreUpgrade: String?
+
+    static let once: Void = {
+        upgradeCoreIfDetectionFellBack()
+        openblas_set_num_threads(1)
+        coreName = currentCoreName()
+    }()
+
+    static func currentCoreName() -> String {
+        guard let p = openblas_get_corename() else { return "" }
+        return String(cString: p)
     }
 
-    /// Row-major sgemm with the BLAS thread count already chosen by the caller.
+    /// OpenBLAS 0.3.21 (DYNAMIC_ARCH) does not know recent Xeon models (e.g. family 6 model 207) and
+    /// falls back to its Prescott (SSE3) kernels, ~6× slower than the AVX-512 ones on sgemm here.
+    /// Unless the user chose a core with OPENBLAS_CORETYPE, re-run OpenBLAS's core selection with the
+    /// best core the CPU flags support. Uses OpenBLAS's exported gotoblas_dynamic_quit/init (looked up
+    /// at run time, so non-DYNAMIC_ARCH builds are simply left alone).
+    static func upgradeCoreIfDetectionFellBack() {
+        #if os(Linux) && arch(x86_64)
+        if getenv("OPENBLAS_CORETYPE") != nil { return }
+        let detected = currentCoreName()
+        let generic: Set<String> = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Katmai", "Coppermine",
+                                    "Northwood", "Banias", "Atom", "Unknown", ""]
+        guard generic.contains(detected) else { return }
+        guard let cpuinfo = readSmallFile("/proc/cpuinfo"),
+              let flagsLine = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
+        let flags = Set(flagsLine.split(separator: " ").map(String.init))
+        let target: String
+        if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"].allSatisfy(flags.contains) {
+            target = "SkylakeX"
+        } else if ["avx2", "fma"].allSatisfy(flags.contains) {
+            target = "Haswell"
+        } else {
+            return
+        }
+        guard let quitSym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "gotoblas_dynamic_quit"),
+              let initSym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "gotoblas_dynamic_init") else { return }
+        typealias VoidFn = @convention(c) () -> Void
+        setenv("OPENBLAS_CORETYPE", target, 1)
+        unsafeBitCast(quitSym, to: VoidFn.self)()
+        unsafeBitCast(initSym, to: VoidFn.self)()
+        unsetenv("OPENBLAS_CORETYPE")
+        coreUpgrade = "\(detected) -> \(currentCoreName())"
+        #endif
+    }
+
+    /// Reads a (small, procfs) text file without Foundation.
+    static func readSmallFile(_ path: String) -> String? {
+        #if os(Linux)
+        let fd = open(path, O_RDONLY)
+        if fd < 0 { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while bytes.count < 1 << 22 {
+            let r = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if r <= 0 { break }
+            bytes.append(contentsOf: chunk[0..<r])
+        }
+        return String(decoding: bytes, as: UTF8.self)
+        #else
+        return nil
+        #endif
+    }
+}
+
+/// How a product is cut into independent blocks: a function of the shape only.
+struct GemmSplit: Equatable {
+    var alongN: Bool
+    var block: Int
+    var count: Int
+
+    /// Blocks of at least ~1 M multiply-adds (≈30 µs on one core), at most 32 of them. Columns are cut
+    /// when there are at least 256 of them, else rows when there are at least 32; block sizes are
+    /// multiples of 16.
+    init(m: Int, n: Int, k: Int) {
+        let want = min(32, max(1, (m * n * max(k, 1)) >> 20))
+        if want > 1 && n >= 256 {
+            self.init(alongN: true, extent: n, want: want)
+        } else if want > 1 && m >= 32 {
+            self.init(alongN: false, extent: m, want: want)
+        } else {
+            self.init(alongN: true, extent: n, want: 1)
+        }
+    }
+
+    /// Columns only (for im2col convolutions, whose unfolded input is built per column block).
+    init(columnsOf n: Int, m: Int, k: Int) {
+        let want = min(32, max(1, (m * n * max(k, 1)) >> 20))
+        self.init(alongN: true, extent: n, want: want)
+    }
+
+    private init(alongN: Bool, extent: Int, want: Int) {
+        self.alongN = alongN
+        let blocks = max(1, min(want, extent / (alongN ? 64 : 16)))
+        block = max(1, ((extent + blocks - 1) / blocks + 15) / 16 * 16)
+        count = (extent + block - 1) / block
+    }
+}
+
+extension Kernels {
+    /// Name of the OpenBLAS kernel set in use (after the one-time setup), for benchmark reports.
+    public static var blasCoreName: String { _ = BLASSetup.once; return BLASSetup.coreName }
+    /// "<detected> -> <used>" when the setup replaced a fallback core OpenBLAS picked, else nil.
+    public static var blasCoreUpgrade: String? { _ = BLASSetup.once; return BLASSetup.coreUpgrade }
+
+    /// Makes sure OpenBLAS is set up and single-threaded before a call.
+    @inline(__always)
+    static func prepareBLAS() {
+        _ = BLASSetup.once
+        if openblas_get_num_threads() != 1 { openblas_set_num_threads(1) }
+    }
+
+    /// Row-major single-threaded sgemm (caller has run `prepareBLAS`).
     @inline(__always)
     static func sgemmRaw(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                          a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                          beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         if m == 0 || n == 0 { return }
-        if k == 0 {
+        if k == 0 || alpha == 0 {
             // BLAS semantics: C = beta * C (beta == 0 clears, even NaNs).
             for i in 0..<m {
                 let row = c + i * ldc
-                if beta == 0 { for j in 0..<n { row[j] = 0 } } else { for j in 0..<n { row[j] *= beta } }
+                if beta == 0 { for j in 0..<n { row[j] = 0 } } else if beta != 1 { for j in 0..<n { row[j] *= beta } }
             }
             return
         }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb),
                     beta, c, blasint(ldc))
+    }
+
+    /// sgemm cut by `GemmSplit` into blocks spread over `threads` workers.
+    static func gemmImpl(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                         a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int) {
+        prepareBLAS()
+        let split = GemmSplit(m: m, n: n, k: k)
+        parallelTasks(split.count, threads: threads) { t in
+            let lo = t * split.block
+            if split.alongN {
+                let w = min(split.block, n - lo)
+                sgemmRaw(transA: transA, transB: transB, m: m, n: w, k: k, alpha: alpha, a: a, lda: lda,
+                         b: transB ? b + lo * ldb : b + lo, ldb: ldb, beta: beta, c: c + lo, ldc: ldc)
+            } else {
+                let h = min(split.block, m - lo)
+                sgemmRaw(transA: transA, transB: transB, m: h, n: n, k: k, alpha: alpha,
+                         a: transA ? a + lo : a + lo * lda, lda: lda, b: b, ldb: ldb,
+                         beta: beta, c: c + lo * ldc, ldc: ldc)
+            }
+        }
     }
 }

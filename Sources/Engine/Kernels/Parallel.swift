@@ -1,9 +1,11 @@
 import Dispatch
 
+// Parallel loops for the kernels. Callers only split independent outputs, never a reduction, and
+// each index is processed by the same code whatever the thread count, so results are bit-identical
+// for any `threads` value.
+
 /// Splits `0..<count` into at most `threads` contiguous chunks and runs `body` on each chunk,
-/// concurrently when `threads > 1`. The split is static, so each index is always processed by the
-/// same code path whatever the thread count; callers only split independent outputs, never a
-/// reduction, which keeps results bit-identical across thread counts.
+/// concurrently when `threads > 1`.
 @inline(__always)
 func parallelChunks(_ count: Int, threads: Int, _ body: (Range<Int>) -> Void) {
     let t = min(max(threads, 1), count)
@@ -11,15 +13,41 @@ func parallelChunks(_ count: Int, threads: Int, _ body: (Range<Int>) -> Void) {
         if count > 0 { body(0..<count) }
         return
     }
-    // The body only touches disjoint outputs per chunk (caller's contract), so handing it to the
-    // worker threads is safe even though the closure type is not Sendable.
+    runWorkers(t) { i in
+        let lo = count * i / t
+        let hi = count * (i + 1) / t
+        if lo < hi { body(lo..<hi) }
+    }
+}
+
+/// Runs `body(task)` for every task in `0..<count`; worker `w` of `threads` takes tasks w, w + t, …
+/// `body` also receives the worker index (for per-worker scratch).
+@inline(__always)
+func parallelTasks(_ count: Int, threads: Int, _ body: (_ task: Int) -> Void) {
+    parallelTasksWithWorker(count, threads: threads) { task, _ in body(task) }
+}
+
+@inline(__always)
+func parallelTasksWithWorker(_ count: Int, threads: Int, _ body: (_ task: Int, _ worker: Int) -> Void) {
+    let t = min(max(threads, 1), count)
+    if t <= 1 {
+        for i in 0..<count { body(i, 0) }
+        return
+    }
+    runWorkers(t) { w in
+        var i = w
+        while i < count { body(i, w); i += t }
+    }
+}
+
+/// Runs `body(0..<workers)` concurrently on Dispatch's pool and waits for all of them.
+@inline(__always)
+func runWorkers(_ workers: Int, _ body: (Int) -> Void) {
+    // Each worker only touches disjoint outputs (callers' contract), so handing the non-Sendable
+    // closure to the pool threads is safe.
     withoutActuallyEscaping(body) { escapable in
         let box = UncheckedSendableBox(escapable)
-        DispatchQueue.concurrentPerform(iterations: t) { i in
-            let lo = count * i / t
-            let hi = count * (i + 1) / t
-            if lo < hi { box.value(lo..<hi) }
-        }
+        DispatchQueue.concurrentPerform(iterations: workers) { w in box.value(w) }
     }
 }
 

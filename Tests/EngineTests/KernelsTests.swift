@@ -1,0 +1,342 @@
+import Testing
+import Engine
+
+// Oracles: hand-computed cases check both the reference kernels and the optimised ones; random
+// geometries then check the optimised kernels against the (hand-verified) reference kernels.
+
+@Suite("Kernels: convolution")
+struct KernelsConvTests {
+    // 3×3 input 1..9, 2×2 kernel [[1,2],[3,4]], pads (top,left,bottom,right) = (0,0,1,1), bias 1.
+    // y[r][c] = x[r][c] + 2x[r][c+1] + 3x[r+1][c] + 4x[r+1][c+1] + 1, out-of-range taps are 0.
+    static let asymInput: [Float] = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    static let asymWeight: [Float] = [1, 2, 3, 4]
+    static let asymExpected: [Float] = [38, 48, 22, 68, 78, 34, 24, 27, 10]
+    static let asymGeometry = Conv2DGeometry(batch: 1, inChannels: 1, inHeight: 3, inWidth: 3, outChannels: 1,
+                                             kernelHeight: 2, kernelWidth: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1)
+
+    @Test func asymmetricPadsHandComputed() {
+        let g = Self.asymGeometry
+        #expect(g.outHeight == 3 && g.outWidth == 3)
+        #expect(referenceConv(Self.asymInput, Self.asymWeight, [1], g) == Self.asymExpected)
+        #expect(kernelConv(Self.asymInput, Self.asymWeight, [1], g) == Self.asymExpected)
+    }
+
+    @Test func dilationHandComputed() {
+        // 4×4 input 0..15, 2×2 ones kernel, dilation 2: each output sums x[r][c], x[r][c+2], x[r+2][c], x[r+2][c+2].
+        let x = (0..<16).map(Float.init)
+        let g = Conv2DGeometry(batch: 1, inChannels: 1, inHeight: 4, inWidth: 4, outChannels: 1,
+                               kernelHeight: 2, kernelWidth: 2, dilationH: 2, dilationW: 2)
+        let expected: [Float] = [20, 24, 36, 40]
+        #expect(referenceConv(x, [1, 1, 1, 1], nil, g) == expected)
+        #expect(kernelConv(x, [1, 1, 1, 1], nil, g) == expected)
+    }
+
+    @Test func strideTwoPaddedHandComputed() {
+        // 4×4 input 0..15, 3×3 ones kernel, stride 2, pads 1: window sums over rows/cols clipped to the input.
+        let x = (0..<16).map(Float.init)
+        let g = Conv2DGeometry(batch: 1, inChannels: 1, inHeight: 4, inWidth: 4, outChannels: 1,
+                               kernelHeight: 3, kernelWidth: 3, strideH: 2, strideW: 2,
+                               padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)
+        let expected: [Float] = [10, 24, 51, 90]
+        #expect(referenceConv(x, [Float](repeating: 1, count: 9), nil, g) == expected)
+        #expect(kernelConv(x, [Float](repeating: 1, count: 9), nil, g) == expected)
+        // Same geometry as a depthwise conv over two channels (second channel scaled by -2, bias 0.5/-1).
+        let x2 = x + x.map { -$0 }
+        let w2 = [Float](repeating: 1, count: 9) + [Float](repeating: 2, count: 9)
+        var gd = g; gd.inChannels = 2; gd.outChannels = 2; gd.group = 2
+        let expected2: [Float] = [10.5, 24.5, 51.5, 90.5, -21, -49, -103, -181]
+        #expect(referenceConv(x2, w2, [0.5, -1], gd) == expected2)
+        #expect(kernelConv(x2, w2, [0.5, -1], gd) == expected2)
+    }
+
+    @Test func groupedPointwiseHandComputed() {
+        // 4 input channels, 2 groups, 1×1: out0 = 1·c0 + 2·c1, out1 = 3·c2 + 4·c3 (one pixel, batch 2).
+        let x: [Float] = [1, 10, 100, 1000, 2, 20, 200, 2000]
+        let g = Conv2DGeometry(batch: 2, inChannels: 4, inHeight: 1, inWidth: 1, outChannels: 2,
+                               kernelHeight: 1, kernelWidth: 1, group: 2)
+        let expected: [Float] = [21, 4300, 42, 8600]
+        #expect(referenceConv(x, [1, 2, 3, 4], nil, g) == expected)
+        #expect(kernelConv(x, [1, 2, 3, 4], nil, g) == expected)
+        #expect(kernelConv(x, [1, 2, 3, 4], nil, g, threads: 2) == expected)
+    }
+
+    static func randomGeometry(_ rng: inout KernelTestRNG, depthwise: Bool) -> Conv2DGeometry {
+        let group = depthwise ? rng.int(1...9) : [1, 1, 1, 2, 3][rng.int(0...4)]
+        let icg = depthwise ? 1 : rng.int(1...5), ocg = depthwise ? 1 : rng.int(1...5)
+        let kh = rng.int(1...5), kw = rng.int(1...5)
+        return Conv2DGeometry(batch: rng.int(1...3), inChannels: icg * group, inHeight: rng.int(kh...13),
+                              inWidth: rng.int(kw...14), outChannels: ocg * group, kernelHeight: kh, kernelWidth: kw,
+                              strideH: rng.int(1...3), strideW: rng.int(1...3),
+                              dilationH: rng.int(1...2), dilationW: rng.int(1...2),
+                              padTop: rng.int(0...2), padLeft: rng.int(0...2), padBottom: rng.int(0...2), padRight: rng.int(0...2),
+                              group: group)
+    }
+
+    @Test(arguments: [false, true]) func randomGeometriesMatchReference(depthwise: Bool) {
+        var rng = KernelTestRNG(seed: depthwise ? 7 : 3)
+        var checked = 0
+        let scratch = KernelScratch()
+        while checked < 150 {
+            let g = Self.randomGeometry(&rng, depthwise: depthwise)
+            if g.outHeight <= 0 || g.outWidth <= 0 { continue }
+            let x = rng.floats(g.batch * g.inChannels * g.inHeight * g.inWidth)
+            let w = rng.floats(g.outChannels * (g.inChannels / g.group) * g.kernelHeight * g.kernelWidth)
+            let b: [Float]? = rng.int(0...1) == 0 ? nil : rng.floats(g.outChannels)
+            let ref = referenceConv(x, w, b, g)
+            let one = kernelConv(x, w, b, g, threads: 1, scratch: scratch)
+            let two = kernelConv(x, w, b, g, threads: 2, scratch: scratch)
+            if depthwise && g.inChannels > 1 {
+                // Direct kernel accumulates in the reference's order: bit-identical.
+                #expect(one == ref, "\(g)")
+            } else {
+                let k = Float(g.inChannels / g.group * g.kernelHeight * g.kernelWidth)
+                #expect(kernelMaxAbsDiff(one, ref) <= 2e-6 * k + 1e-6, "\(g)")
+            }
+            #expect(one == two, "threads 1 vs 2 differ: \(g)")
+            checked += 1
+        }
+    }
+
+    @Test func pointwiseAndLargeShapesMatchReference() {
+        var rng = KernelTestRNG(seed: 11)
+        // EfficientNet-like shapes: 1×1 expand/project, stem 3×3 stride 2 with asymmetric pads,
+        // depthwise 5×5 stride 2 with pads (1,1,2,2).
+        let shapes = [
+            Conv2DGeometry(batch: 2, inChannels: 24, inHeight: 14, inWidth: 14, outChannels: 40, kernelHeight: 1, kernelWidth: 1),
+            Conv2DGeometry(batch: 1, inChannels: 3, inHeight: 33, inWidth: 31, outChannels: 8, kernelHeight: 3, kernelWidth: 3,
+                           strideH: 2, strideW: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1),
+            Conv2DGeometry(batch: 3, inChannels: 16, inHeight: 19, inWidth: 21, outChannels: 16, kernelHeight: 5, kernelWidth: 5,
+                           strideH: 2, strideW: 2, padTop: 1, padLeft: 1, padBottom: 2, padRight: 2, group: 16),
+            Conv2DGeometry(batch: 1, inChannels: 8, inHeight: 9, inWidth: 9, outChannels: 6, kernelHeight: 1, kernelWidth: 1,
+                           strideH: 2, strideW: 2),
+        ]
+        for g in shapes {
+            let x = rng.floats(g.batch * g.inChannels * g.inHeight * g.inWidth)
+            let w = rng.floats(g.outChannels * (g.inChannels / g.group) * g.kernelHeight * g.kernelWidth)
+            let b = rng.floats(g.outChannels)
+            let ref = referenceConv(x, w, b, g)
+            let k = Float(g.inChannels / g.group * g.kernelHeight * g.kernelWidth)
+            for t in [1, 2, 3] {
+                #expect(kernelMaxAbsDiff(kernelConv(x, w, b, g, threads: t), ref) <= 2e-6 * k + 1e-6, "\(g) threads \(t)")
+            }
+        }
+    }
+}
+
+@Suite("Kernels: transposed convolution")
+struct KernelsConvTransposeTests {
+    @Test func strideTwoReplicatesBlocks() {
+        // 2×2 input, 2×2 ones kernel, stride 2: each input value fills its own 2×2 output block; bias 1.
+        let fg = Conv2DGeometry(batch: 1, inChannels: 1, inHeight: 4, inWidth: 4, outChannels: 1,
+                                kernelHeight: 2, kernelWidth: 2, strideH: 2, strideW: 2)
+        let expected: [Float] = [2, 2, 3, 3, 2, 2, 3, 3, 4, 4, 5, 5, 4, 4, 5, 5]
+        let x: [Float] = [1, 2, 3, 4], w: [Float] = [1, 1, 1, 1]
+        #expect(kernelConvTranspose(x, w, [1], fg, reference: true) == expected)
+        #expect(kernelConvTranspose(x, w, [1], fg) == expected)
+    }
+
+    @Test func overlappingTapsSum() {
+        // 1×2 input [1, 2], 1×2 kernel [1, 2], stride 1: output [1·1, 1·2 + 2·1, 2·2] = [1, 4, 4].
+        // Second case: pads 1 on the left crop the first output column: [4, 4].
+        let fg = Conv2DGeometry(batch: 1, inChannels: 1, inHeight: 1, inWidth: 3, outChannels: 1, kernelHeight: 1, kernelWidth: 2)
+        #expect(kernelConvTranspose([1, 2], [1, 2], nil, fg, reference: true) == [1, 4, 4])
+        #expect(kernelConvTranspose([1, 2], [1, 2], nil, fg) == [1, 4, 4])
+        let cropped = Conv2DGeometry(batch: 1, inChannels: 1, inHeight: 1, inWidth: 2, outChannels: 1, kernelHeight: 1, kernelWidth: 2,
+                                     padLeft: 1)
+        #expect(cropped.outWidth == 2)
+        #expect(kernelConvTranspose([1, 2], [1, 2], nil, cropped, reference: true) == [4, 4])
+        #expect(kernelConvTranspose([1, 2], [1, 2], nil, cropped) == [4, 4])
+    }
+
+    @Test func randomGeometriesMatchReference() {
+        var rng = KernelTestRNG(seed: 5)
+        var checked = 0
+        while checked < 80 {
+            var fg = KernelsConvTests.randomGeometry(&rng, depthwise: rng.int(0...3) == 0)
+            fg.batch = rng.int(1...3)
+            if fg.outHeight <= 0 || fg.outWidth <= 0 { continue }
+            // Transposed conv input has fg.outChannels channels of fg.outHeight × fg.outWidth.
+            let x = rng.floats(fg.batch * fg.outChannels * fg.outHeight * fg.outWidth)
+            let w = rng.floats(fg.outChannels * (fg.inChannels / fg.group) * fg.kernelHeight * fg.kernelWidth)
+            let b: [Float]? = rng.int(0...1) == 0 ? nil : rng.floats(fg.inChannels)
+            let ref = kernelConvTranspose(x, w, b, fg, reference: true)
+            let one = kernelConvTranspose(x, w, b, fg, threads: 1)
+            let two = kernelConvTranspose(x, w, b, fg, threads: 2)
+            let k = Float(fg.outChannels / fg.group * fg.kernelHeight * fg.kernelWidth)
+            #expect(kernelMaxAbsDiff(one, ref) <= 2e-6 * k + 1e-6, "\(fg)")
+            #expect(one == two, "threads 1 vs 2 differ: \(fg)")
+            checked += 1
+        }
+    }
+}
+
+@Suite("Kernels: gemm")
+struct KernelsGemmTests {
+    func run(_ ta: Bool, _ tb: Bool, m: Int, n: Int, k: Int, alpha: Float, beta: Float, a: [Float], lda: Int,
+             b: [Float], ldb: Int, c: [Float], ldc: Int, threads: Int, reference: Bool) -> [Float] {
+        var out = c
+        a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                out.withUnsafeMutableBufferPointer { cp in
+                    if reference {
+                        Kernels.Reference.gemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: ap.baseAddress!, lda: lda,
+                                               b: bp.baseAddress!, ldb: ldb, beta: beta, c: cp.baseAddress!, ldc: ldc)
+                    } else {
+                        Kernels.gemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: ap.baseAddress!, lda: lda,
+                                     b: bp.baseAddress!, ldb: ldb, beta: beta, c: cp.baseAddress!, ldc: ldc, threads: threads)
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    @Test func handComputed() {
+        // A = [[1,2],[3,4]], B = [[5,6],[7,8]]: AB = [[19,22],[43,50]]; 2·AB + 1·C with C = ones.
+        let a: [Float] = [1, 2, 3, 4], b: [Float] = [5, 6, 7, 8], c: [Float] = [1, 1, 1, 1]
+        for reference in [true, false] {
+            #expect(run(false, false, m: 2, n: 2, k: 2, alpha: 2, beta: 1, a: a, lda: 2, b: b, ldb: 2, c: c, ldc: 2,
+                        threads: 1, reference: reference) == [39, 45, 87, 101])
+            // Aᵀ·B = [[26,30],[38,44]]; A·Bᵀ = [[17,23],[39,53]]; beta 0 ignores NaN in C.
+            #expect(run(true, false, m: 2, n: 2, k: 2, alpha: 1, beta: 0, a: a, lda: 2, b: b, ldb: 2, c: [.nan, .nan, .nan, .nan], ldc: 2,
+                        threads: 1, reference: reference) == [26, 30, 38, 44])
+            #expect(run(false, true, m: 2, n: 2, k: 2, alpha: 1, beta: 0, a: a, lda: 2, b: b, ldb: 2, c: c, ldc: 2,
+                        threads: 1, reference: reference) == [17, 23, 39, 53])
+        }
+    }
+
+    @Test func randomShapesMatchReference() {
+        var rng = KernelTestRNG(seed: 9)
+        for trial in 0..<60 {
+            let ta = rng.int(0...1) == 1, tb = rng.int(0...1) == 1
+            let big = trial % 6 == 0
+            let m = rng.int(1...(big ? 300 : 40)), n = rng.int(1...(big ? 300 : 40)), k = rng.int(1...(big ? 64 : 40))
+            let lda = (ta ? m : k) + rng.int(0...3), ldb = (tb ? k : n) + rng.int(0...3), ldc = n + rng.int(0...3)
+            let a = rng.floats((ta ? k : m) * lda), b = rng.floats((tb ? n : k) * ldb), c = rng.floats(m * ldc)
+            let alpha = rng.float() * 2, beta: Float = [0, 1, 0.5][rng.int(0...2)]
+            let ref = run(ta, tb, m: m, n: n, k: k, alpha: alpha, beta: beta, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc,
+                          threads: 1, reference: true)
+            let one = run(ta, tb, m: m, n: n, k: k, alpha: alpha, beta: beta, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc,
+                          threads: 1, reference: false)
+            let two = run(ta, tb, m: m, n: n, k: k, alpha: alpha, beta: beta, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc,
+                          threads: 2, reference: false)
+            #expect(kernelMaxAbsDiff(one, ref) <= 4e-6 * Float(k) + 1e-5, "m \(m) n \(n) k \(k)")
+            // Padding columns of C (beyond n) are untouched.
+            for i in 0..<m { for j in n..<ldc { #expect(one[i * ldc + j] == c[i * ldc + j]) } }
+            #expect(one == two, "threads 1 vs 2 differ: m \(m) n \(n) k \(k)")
+        }
+    }
+}
+
+@Suite("Kernels: pooling")
+struct KernelsPoolTests {
+    static let x3: [Float] = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    // 3×3 input, 2×2 window, stride 1, pads (0,0,1,1).
+    static let g3 = Pool2DGeometry(batch: 1, channels: 1, inHeight: 3, inWidth: 3, outHeight: 3, outWidth: 3,
+                                   kernelHeight: 2, kernelWidth: 2, strideH: 1, strideW: 1,
+                                   padTop: 0, padLeft: 0, padBottom: 1, padRight: 1)
+
+    @Test func asymmetricPadsHandComputed() {
+        for reference in [true, false] {
+            #expect(kernelPool(Self.x3, Self.g3, .max, reference: reference) == [5, 6, 6, 8, 9, 9, 8, 9, 9])
+            #expect(kernelPool(Self.x3, Self.g3, .avg(countIncludePad: false), reference: reference)
+                    == [3, 4, 4.5, 6, 7, 7.5, 7.5, 8.5, 9])
+            // Every window lies inside the padded 4×4 extent: divide by 4 (values from ONNX Runtime 1.32).
+            #expect(kernelPool(Self.x3, Self.g3, .avg(countIncludePad: true), reference: reference)
+                    == [3, 4, 2.25, 6, 7, 3.75, 3.75, 4.25, 2.25])
+        }
+    }
+
+    @Test func ceilModeWindowsAreClipped() {
+        // 4×4 input 1..16, 3×3 window, stride 2, pads 1, ceil_mode: 3×3 output; the last window
+        // (start 3) reaches index 5, past input + pad (extent [-1, 5)), so it is clipped to 2 taps per axis.
+        // Expected values computed by ONNX Runtime 1.32 (AveragePool opset 17).
+        let x = (1...16).map(Float.init)
+        let g = Pool2DGeometry(batch: 1, channels: 1, inHeight: 4, inWidth: 4, outHeight: 3, outWidth: 3,
+                               kernelHeight: 3, kernelWidth: 3, strideH: 2, strideW: 2,
+                               padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)
+        let include: [Float] = [14.0 / 9, 30.0 / 9, 2, 57.0 / 9, 11, 6, 4.5, 7.5, 4]
+        let exclude: [Float] = [3.5, 5, 6, 9.5, 11, 12, 13.5, 15, 16]
+        for reference in [true, false] {
+            #expect(kernelMaxAbsDiff(kernelPool(x, g, .avg(countIncludePad: true), reference: reference), include) <= 1e-6)
+            #expect(kernelPool(x, g, .avg(countIncludePad: false), reference: reference) == exclude)
+            #expect(kernelPool(x, g, .max, reference: reference) == [6, 8, 8, 14, 16, 16, 14, 16, 16])
+        }
+    }
+
+    @Test func dilatedMaxPool() {
+        // 4×4 input 0..15 with x[0][0] = 100, 2×2 window, dilation 2: taps (r, c), (r, c+2), (r+2, c), (r+2, c+2).
+        var x = (0..<16).map(Float.init); x[0] = 100
+        let g = Pool2DGeometry(batch: 1, channels: 1, inHeight: 4, inWidth: 4, outHeight: 2, outWidth: 2,
+                               kernelHeight: 2, kernelWidth: 2, strideH: 1, strideW: 1, dilationH: 2, dilationW: 2,
+                               padTop: 0, padLeft: 0, padBottom: 0, padRight: 0)
+        for reference in [true, false] {
+            #expect(kernelPool(x, g, .max, reference: reference) == [100, 11, 14, 15])
+        }
+    }
+
+    @Test func randomGeometriesMatchReference() {
+        var rng = KernelTestRNG(seed: 13)
+        for _ in 0..<120 {
+            let kh = rng.int(1...4), kw = rng.int(1...4), sh = rng.int(1...3), sw = rng.int(1...3)
+            let dh = rng.int(1...2), dw = rng.int(1...2)
+            let pt = rng.int(0...(kh - 1)), pb = rng.int(0...(kh - 1)), pl = rng.int(0...(kw - 1)), pr = rng.int(0...(kw - 1))
+            let h = rng.int((dh * (kh - 1) + 1)...12), w = rng.int((dw * (kw - 1) + 1)...12)
+            let ceil = rng.int(0...1) == 1
+            func outSize(_ n: Int, _ k: Int, _ s: Int, _ d: Int, _ p: Int) -> Int {
+                let span = n + p - d * (k - 1) - 1
+                return (ceil ? (span + s - 1) / s : span / s) + 1
+            }
+            let g = Pool2DGeometry(batch: rng.int(1...2), channels: rng.int(1...3), inHeight: h, inWidth: w,
+                                   outHeight: outSize(h, kh, sh, dh, pt + pb), outWidth: outSize(w, kw, sw, dw, pl + pr),
+                                   kernelHeight: kh, kernelWidth: kw, strideH: sh, strideW: sw, dilationH: dh, dilationW: dw,
+                                   padTop: pt, padLeft: pl, padBottom: pb, padRight: pr)
+            let x = rng.floats(g.batch * g.channels * h * w)
+            for kind in [PoolKind.max, .avg(countIncludePad: false), .avg(countIncludePad: true)] {
+                let ref = kernelPool(x, g, kind, reference: true)
+                #expect(kernelPool(x, g, kind, threads: 1) == ref, "\(g) \(kind)")
+                #expect(kernelPool(x, g, kind, threads: 2) == ref, "\(g) \(kind)")
+            }
+        }
+    }
+
+    @Test func globalPool() {
+        // Two planes of 5 values: mean and max by hand.
+        let x: [Float] = [1, 2, 3, 4, 5, -1, -7, 2, 0, 1]
+        for reference in [true, false] {
+            for isMax in [false, true] {
+                var y = [Float](repeating: .nan, count: 2)
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        if reference {
+                            Kernels.Reference.globalPool2d(input: xp.baseAddress!, output: yp.baseAddress!, batch: 1, channels: 2,
+                                                           spatial: 5, isMax: isMax)
+                        } else {
+                            Kernels.globalPool2d(input: xp.baseAddress!, output: yp.baseAddress!, batch: 1, channels: 2,
+                                                 spatial: 5, isMax: isMax, threads: 2)
+                        }
+                    }
+                }
+                #expect(y == (isMax ? [5, 2] : [3, -1]))
+            }
+        }
+        // Random planes: optimised mean within rounding of the reference, max exact.
+        var rng = KernelTestRNG(seed: 17)
+        let spatial = 49, planes = 300
+        let r = rng.floats(spatial * planes)
+        for isMax in [false, true] {
+            var a = [Float](repeating: 0, count: planes), b = a
+            r.withUnsafeBufferPointer { xp in
+                a.withUnsafeMutableBufferPointer { ap in
+                    Kernels.Reference.globalPool2d(input: xp.baseAddress!, output: ap.baseAddress!, batch: 3, channels: 100,
+                                                   spatial: spatial, isMax: isMax)
+                }
+                b.withUnsafeMutableBufferPointer { bp in
+                    Kernels.globalPool2d(input: xp.baseAddress!, output: bp.baseAddress!, batch: 3, channels: 100,
+                                         spatial: spatial, isMax: isMax, threads: 2)
+                }
+            }
+            if isMax { #expect(a == b) } else { #expect(kernelMaxAbsDiff(a, b) <= 1e-6) }
+        }
+    }
+}
