@@ -1,2 +1,0 @@
-// Engine module: see issues; placeholder until implemented.
-enum Placeholder {}

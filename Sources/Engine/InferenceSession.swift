@@ -1,0 +1,146 @@
+import Foundation
+import Logging
+
+/// FP32 ONNX inference on the CPU with activation taps.
+///
+/// Loading parses the model, decodes initializers (inline or external data) and compiles a plan
+/// for the declared input shapes (dynamic dimensions taken as 1), so unsupported ops, opsets and
+/// attributes fail at load. `run` compiles (and caches) one plan per distinct set of input
+/// shapes; shape sub-graphs fold to constants during compilation. Calls to `run` on one session
+/// are serialised; use one session per thread for parallel runs.
+public final class InferenceSession: @unchecked Sendable {
+    public let inputs: [TensorInfo]
+    public let outputs: [TensorInfo]
+    public let options: SessionOptions
+    /// ai.onnx opset the model imports.
+    public let opset: Int
+
+    private let graph: LoadedGraph
+    private let logger: Logger
+    private let initializers: InitializerBuffers
+    private let lock = NSLock()
+    private var plans: [(key: [[Int]], plan: Plan)] = []
+    private let context: ExecContext
+
+    public convenience init(modelPath: String, options: SessionOptions = .init(),
+                            logger: Logger = Logger(label: "shardcal.engine")) throws {
+        let graph = try ModelLoader.load(path: modelPath, logger: logger)
+        try self.init(graph: graph, options: options, logger: logger)
+    }
+
+    public convenience init(modelData: [UInt8], baseDirectory: String?, options: SessionOptions = .init(),
+                            logger: Logger = Logger(label: "shardcal.engine")) throws {
+        let graph = try ModelLoader.load(data: Data(modelData), source: "<memory>", baseDirectory: baseDirectory, logger: logger)
+        try self.init(graph: graph, options: options, logger: logger)
+    }
+
+    init(graph: LoadedGraph, options: SessionOptions, logger: Logger) throws {
+        self.graph = graph
+        self.inputs = graph.inputs
+        self.outputs = graph.outputs
+        self.options = options
+        self.opset = graph.opset
+        self.logger = logger
+        self.initializers = InitializerBuffers(graph: graph)
+        self.context = ExecContext(threads: options.threads)
+        // Compile once for the declared shapes so model errors surface at load.
+        _ = try plan(for: defaultShapes())
+    }
+
+    private func defaultShapes() -> [String: [Int]] {
+        var d: [String: [Int]] = [:]
+        for i in inputs { d[i.name] = i.shape.map { $0 ?? 1 } }
+        return d
+    }
+
+    private func plan(for shapes: [String: [Int]]) throws -> Plan {
+        let key = inputs.map { shapes[$0.name] ?? [] }
+        if let i = plans.firstIndex(where: { $0.key == key }) {
+            let p = plans.remove(at: i)
+            plans.append(p)
+            return p.plan
+        }
+        let p = try Planner(graph: graph, initializerBuffers: initializers, logger: logger).build(inputShapes: shapes)
+        plans.append((key, p))
+        if plans.count > options.maxCachedPlans { plans.removeFirst() }
+        return p
+    }
+
+    /// Names of the activations a tap with `filter` observes, in the order it sees them, for the
+    /// declared input shapes (graph inputs first, then node outputs in execution order).
+    public func tappableTensors(_ filter: TapFilter = .all) throws -> [(name: String, opType: String)] {
+        lock.lock(); defer { lock.unlock() }
+        let p = try plan(for: defaultShapes())
+        return p.slotsInGraphOrder.compactMap { s in
+            let slot = p.slots[s]
+            guard !slot.name.isEmpty, filter.accepts(name: slot.name, opType: slot.opType) else { return nil }
+            return (slot.name, slot.opType)
+        }
+    }
+
+    /// Runs the graph. Every model input must be fed (float32, shape matching the static dims).
+    /// The tap, if any, is called synchronously for each accepted activation.
+    public func run(_ feeds: [String: Tensor], tap: ActivationTap? = nil) throws -> [String: Tensor] {
+        lock.lock(); defer { lock.unlock() }
+        var shapes: [String: [Int]] = [:]
+        for info in inputs {
+            guard let t = feeds[info.name] else { throw EngineError.invalidFeed(name: info.name, detail: "not fed") }
+            guard t.shape.count == info.shape.count else {
+                throw EngineError.invalidFeed(name: info.name, detail: "rank \(t.shape.count) given, model expects \(info.shape.count) (\(info.shapeWithMinusOne))")
+            }
+            for (d, e) in zip(t.shape, info.shape) where e != nil && e != d || d < 0 {
+                throw EngineError.invalidFeed(name: info.name, detail: "shape \(t.shape) does not match the model's \(info.shapeWithMinusOne)")
+            }
+            guard t.data.count == t.count else {
+                throw EngineError.invalidFeed(name: info.name, detail: "\(t.data.count) values for shape \(t.shape)")
+            }
+            shapes[info.name] = t.shape
+        }
+        for name in feeds.keys where !inputs.contains(where: { $0.name == name }) {
+            throw EngineError.invalidFeed(name: name, detail: "the model has no such input (inputs: \(inputs.map(\.name)))")
+        }
+        let p = try plan(for: shapes)
+        let buffers = p.pointers()
+        @inline(__always) func emit(_ s: Int) {
+            guard let tap else { return }
+            let slot = p.slots[s]
+            guard !slot.name.isEmpty, tap.filter.accepts(name: slot.name, opType: slot.opType) else { return }
+            tap.observer(TappedActivation(name: slot.name, opType: slot.opType, shape: slot.shape,
+                                          values: UnsafeBufferPointer(start: buffers[slot.buffer], count: slot.count)))
+        }
+        for (name, s) in p.inputSlots {
+            let dst = buffers[p.slots[s].buffer]
+            feeds[name]!.data.withUnsafeBufferPointer { src in
+                if src.count > 0 { dst.update(from: src.baseAddress!, count: src.count) }
+            }
+            emit(s)
+        }
+        var ins: [UnsafePointer<Float>?] = []
+        var outs: [UnsafeMutablePointer<Float>] = []
+        for step in p.steps {
+            ins.removeAll(keepingCapacity: true)
+            outs.removeAll(keepingCapacity: true)
+            for r in step.inputs {
+                switch r {
+                case .none: ins.append(nil)
+                case .slot(let s): ins.append(UnsafePointer(buffers[p.slots[s].buffer]))
+                case .constant(let b): ins.append(UnsafePointer(b.pointer))
+                }
+            }
+            for s in step.outputs { outs.append(buffers[p.slots[s].buffer]) }
+            step.kernel(ins, outs, context)
+            for s in step.outputs { emit(s) }
+        }
+        var result: [String: Tensor] = [:]
+        for (name, o) in p.outputs {
+            switch o {
+            case .slot(let s):
+                let slot = p.slots[s]
+                result[name] = Tensor(shape: slot.shape, data: Array(UnsafeBufferPointer(start: buffers[slot.buffer], count: slot.count)))
+            case .constant(let t):
+                result[name] = Tensor(shape: t.shape, data: t.floatValues)
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,229 @@
+import Logging
+
+/// Owns a float array at a stable address (constants used by run-time steps).
+final class ConstBuffer {
+    let pointer: UnsafeMutablePointer<Float>
+    let count: Int
+    init(_ values: [Float]) {
+        count = values.count
+        pointer = .allocate(capacity: max(count, 1))
+        values.withUnsafeBufferPointer { if count > 0 { pointer.initialize(from: $0.baseAddress!, count: count) } }
+    }
+    deinit { pointer.deallocate() }
+}
+
+/// The executable form of a graph for one set of input shapes: ordered steps, constant
+/// operands, and a static assignment of activation slots to reusable buffers.
+final class Plan {
+    enum Ref {
+        case none
+        case slot(Int)
+        case constant(ConstBuffer)
+    }
+    struct Step {
+        let nodeName: String
+        let opType: String
+        let inputs: [Ref]
+        let outputs: [Int]
+        let kernel: Kernel
+    }
+    struct Slot {
+        let name: String
+        let opType: String
+        let shape: [Int]
+        var count: Int { elementCount(shape) }
+        var buffer: Int = -1
+    }
+    enum Output {
+        case slot(Int)
+        case constant(HostTensor)
+    }
+
+    var steps: [Step] = []
+    var slots: [Slot] = []
+    var inputSlots: [(name: String, slot: Int)] = []
+    var outputs: [(name: String, value: Output)] = []
+    var bufferCapacities: [Int] = []
+    /// Buffers of the assignment, allocated on first run and kept.
+    private var buffers: [UnsafeMutablePointer<Float>] = []
+
+    deinit { for b in buffers { b.deallocate() } }
+
+    /// Slots in the order they are produced (graph inputs first, then node outputs in step order).
+    var slotsInGraphOrder: [Int] {
+        inputSlots.map(\.slot) + steps.flatMap(\.outputs)
+    }
+
+    func pointers() -> [UnsafeMutablePointer<Float>] {
+        if buffers.isEmpty {
+            buffers = bufferCapacities.map { cap in
+                let p = UnsafeMutablePointer<Float>.allocate(capacity: max(cap, 1))
+                p.initialize(repeating: 0, count: max(cap, 1))
+                return p
+            }
+        }
+        return buffers
+    }
+
+    var totalBufferFloats: Int { bufferCapacities.reduce(0, +) }
+}
+
+/// Builds plans by walking the graph with known input shapes: constants fold, the rest becomes steps.
+struct Planner {
+    let graph: LoadedGraph
+    let initializerBuffers: InitializerBuffers
+    let logger: Logger
+
+    func build(inputShapes: [String: [Int]]) throws -> Plan {
+        let plan = Plan()
+        var env: [String: SymValue] = [:]
+        var slotOf: [String: Int] = [:]
+        var folded: [String: ConstBuffer] = [:]
+        for (name, t) in graph.initializers { env[name] = .constant(t) }
+        for info in graph.inputs {
+            guard let shape = inputShapes[info.name] else {
+                throw EngineError.invalidFeed(name: info.name, detail: "no shape given for graph input")
+            }
+            guard info.elementType == 1 else {
+                throw EngineError.invalidFeed(name: info.name, detail: "element type \(info.elementType) inputs are not supported (float32 only)")
+            }
+            env[info.name] = .runtime(shape: shape)
+            slotOf[info.name] = plan.slots.count
+            plan.inputSlots.append((info.name, plan.slots.count))
+            plan.slots.append(.init(name: info.name, opType: TapFilter.graphInputOpType, shape: shape))
+        }
+        var foldedCount = 0
+        for node in graph.nodes {
+            guard let builder = OpRegistry.builders[node.opType] else {
+                throw EngineError.unsupportedOp(node: node.name, op: node.opType, opset: graph.opset)
+            }
+            var ins: [SymValue?] = []
+            for n in node.inputs {
+                if n.isEmpty { ins.append(nil); continue }
+                guard let v = env[n] else {
+                    throw EngineError.invalidNode(node: node.name, op: node.opType, detail: "input '\(n)' is not available (an unsupported optional output of an earlier node?)")
+                }
+                ins.append(v)
+            }
+            let ctx = OpContext(node: node, opset: graph.opset, inputs: ins)
+            var result = try builder(ctx)
+            if case .runtime(let shapes, let kernel) = result, ctx.allInputsConstant,
+               ins.allSatisfy({ $0?.constant?.isFloat ?? true }) {
+                // Constant folding of a float op: run its kernel once on the host.
+                let consts = ins.map { $0?.constant.map { ConstBuffer($0.floatValues) } }
+                let outs = shapes.map { UnsafeMutablePointer<Float>.allocate(capacity: max(elementCount($0), 1)) }
+                defer { outs.forEach { $0.deallocate() } }
+                kernel(consts.map { $0.map { UnsafePointer($0.pointer) } }, outs, ExecContext(threads: 1))
+                result = .constants(zip(shapes, outs).map { s, p in
+                    HostTensor(shape: s, floats: Array(UnsafeBufferPointer(start: p, count: elementCount(s))))
+                })
+            }
+            switch result {
+            case .constants(let ts):
+                foldedCount += 1
+                for (i, o) in node.outputs.enumerated() where !o.isEmpty && i < ts.count { env[o] = .constant(ts[i]) }
+            case .runtime(let shapes, let kernel):
+                var refs: [Plan.Ref] = []
+                for (i, n) in node.inputs.enumerated() {
+                    if n.isEmpty { refs.append(.none); continue }
+                    if let s = slotOf[n] { refs.append(.slot(s)); continue }
+                    guard case .constant(let t)? = ins[i] else { refs.append(.none); continue }
+                    if !t.isFloat { refs.append(.none); continue }
+                    if let b = initializerBuffers.buffer(named: n) {
+                        refs.append(.constant(b))
+                    } else if let b = folded[n] {
+                        refs.append(.constant(b))
+                    } else {
+                        let b = ConstBuffer(t.floatValues)
+                        folded[n] = b
+                        refs.append(.constant(b))
+                    }
+                }
+                var outSlots: [Int] = []
+                for (i, o) in node.outputs.enumerated() where i < shapes.count {
+                    // Unnamed outputs still need a buffer to be written into.
+                    let idx = plan.slots.count
+                    plan.slots.append(.init(name: o, opType: node.opType, shape: shapes[i]))
+                    outSlots.append(idx)
+                    if !o.isEmpty {
+                        slotOf[o] = idx
+                        env[o] = .runtime(shape: shapes[i])
+                    }
+                }
+                plan.steps.append(.init(nodeName: node.name, opType: node.opType, inputs: refs, outputs: outSlots, kernel: kernel))
+            }
+        }
+        for info in graph.outputs {
+            if let s = slotOf[info.name] {
+                plan.outputs.append((info.name, .slot(s)))
+            } else if case .constant(let t)? = env[info.name] {
+                plan.outputs.append((info.name, .constant(t)))
+            } else {
+                throw EngineError.invalidModel(source: "graph", reason: "graph output '\(info.name)' is produced by no node")
+            }
+        }
+        assignBuffers(plan)
+        logger.debug("built plan", metadata: ["steps": "\(plan.steps.count)", "folded": "\(foldedCount)",
+                                              "slots": "\(plan.slots.count)", "buffers": "\(plan.bufferCapacities.count)",
+                                              "bufferFloats": "\(plan.totalBufferFloats)"])
+        return plan
+    }
+
+    /// Liveness-based static buffer assignment: a slot's buffer returns to the free list after
+    /// the last step that reads it (graph outputs are never freed). Deterministic best fit.
+    private func assignBuffers(_ plan: Plan) {
+        var lastUse = [Int](repeating: -1, count: plan.slots.count)
+        for (i, step) in plan.steps.enumerated() {
+            for case .slot(let s) in step.inputs { lastUse[s] = i }
+        }
+        for case (_, .slot(let s)) in plan.outputs { lastUse[s] = Int.max }
+        var caps: [Int] = []
+        var free: [Int] = []
+        func allocate(_ slot: Int) {
+            let need = plan.slots[slot].count
+            var best = -1
+            for (k, b) in free.enumerated() where caps[b] >= need {
+                if best < 0 || caps[b] < caps[free[best]] { best = k }
+            }
+            if best < 0, !free.isEmpty {
+                // Grow the largest free buffer rather than adding a new one.
+                best = free.indices.max { caps[free[$0]] < caps[free[$1]] }!
+            }
+            if best >= 0 {
+                let b = free.remove(at: best)
+                caps[b] = max(caps[b], need)
+                plan.slots[slot].buffer = b
+            } else {
+                caps.append(need)
+                plan.slots[slot].buffer = caps.count - 1
+            }
+        }
+        func release(_ slot: Int) { free.append(plan.slots[slot].buffer) }
+        for (_, s) in plan.inputSlots { allocate(s) }
+        for (_, s) in plan.inputSlots where lastUse[s] == -1 { release(s) }
+        for (i, step) in plan.steps.enumerated() {
+            for s in step.outputs { allocate(s) }
+            var released = Set<Int>()
+            for case .slot(let s) in step.inputs where lastUse[s] == i && !released.contains(s) {
+                released.insert(s)
+                release(s)
+            }
+            for s in step.outputs where lastUse[s] == -1 { release(s) }
+        }
+        plan.bufferCapacities = caps
+    }
+}
+
+/// Float initializers copied once to stable memory, shared by all plans of a session.
+final class InitializerBuffers {
+    private var buffers: [String: ConstBuffer] = [:]
+    private let graph: LoadedGraph
+    init(graph: LoadedGraph) { self.graph = graph }
+    func buffer(named name: String) -> ConstBuffer? {
+        if let b = buffers[name] { return b }
+        guard let t = graph.initializers[name], t.isFloat else { return nil }
+        let b = ConstBuffer(t.floatValues)
+        buffers[name] = b
+        return b
+    }
+}
