@@ -1,1 +1,0 @@
-// Cluster module: see issues; placeholder until implemented.

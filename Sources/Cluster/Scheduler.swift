@@ -1,0 +1,237 @@
+/// One shard of the calibration set: a fixed id and its sample index range.
+public struct ShardSpec: Sendable, Equatable, Hashable {
+    public var id: Int
+    public var indices: Range<Int>
+    public init(id: Int, indices: Range<Int>) {
+        self.id = id
+        self.indices = indices
+    }
+
+    /// Fixed-size shards of `sampleCount` samples: shard k = k*size ..< min((k+1)*size, count).
+    public static func plan(sampleCount: Int, shardSize: Int) -> [ShardSpec] {
+        precondition(shardSize > 0)
+        return stride(from: 0, to: sampleCount, by: shardSize).enumerated().map { k, start in
+            ShardSpec(id: k, indices: start ..< min(start + shardSize, sampleCount))
+        }
+    }
+}
+
+/// The coordinator's bookkeeping, free of sockets and clocks (time is passed in, in seconds), so it
+/// can be tested on its own. Workers are keyed by their ZeroMQ routing id.
+///
+/// Invariants: every shard is in exactly one of pending / leased / done; a shard enters `done` once.
+public struct Scheduler {
+    public typealias WorkerKey = [UInt8]
+
+    public struct WorkerInfo {
+        public var name: String
+        /// Credit window: the most leases this worker holds at once.
+        public var window: Int = 0
+        public var leased: Set<Int> = []
+        public var lastSeen: Double
+        public var done: Int = 0
+        public var samplesDone: Int = 0
+        public var computeSeconds: Double = 0
+        public var admittedAt: Double
+    }
+
+    public enum Completion: Equatable {
+        /// First result for this shard: merge it.
+        case merge
+        /// Already merged: acknowledge and drop.
+        case duplicate
+        /// Not a shard of this run.
+        case unknownShard
+    }
+
+    public enum FailureVerdict: Equatable {
+        case retry(attempts: Int)
+        /// Failed `attempts` times: the run must stop.
+        case giveUp(attempts: Int)
+        case ignored
+    }
+
+    public let shards: [Int: ShardSpec]
+    public let maxFailures: Int
+    public let leaseTimeout: Double?
+    public let livenessTimeout: Double
+
+    /// Next shard to hand out is the LAST element (shards returned to the queue are appended, so they go first).
+    private(set) var pendingStack: [Int]
+    public private(set) var leases: [Int: (worker: WorkerKey, since: Double)] = [:]
+    public private(set) var done: Set<Int>
+    public private(set) var workers: [WorkerKey: WorkerInfo] = [:]
+    /// Every worker ever admitted (results from them are accepted even after their leases expired).
+    public private(set) var everAdmitted: Set<WorkerKey> = []
+    public private(set) var failures: [Int: Int] = [:]
+    /// Workers a shard failed on: retries go elsewhere while another worker is available.
+    private var failedOn: [Int: Set<WorkerKey>] = [:]
+
+    public init(shards: [ShardSpec], alreadyDone: Set<Int> = [], maxFailures: Int = 3,
+                leaseTimeout: Double? = nil, livenessTimeout: Double = 5) {
+        var byID: [Int: ShardSpec] = [:]
+        for s in shards { byID[s.id] = s }
+        self.shards = byID
+        self.done = alreadyDone.intersection(byID.keys)
+        self.pendingStack = byID.keys.filter { !alreadyDone.contains($0) }.sorted(by: >)
+        self.maxFailures = max(1, maxFailures)
+        self.leaseTimeout = leaseTimeout
+        self.livenessTimeout = livenessTimeout
+    }
+
+    public var pendingCount: Int { pendingStack.count }
+    public var pending: [Int] { pendingStack.reversed() }
+    public var leasedCount: Int { leases.count }
+    public var isFinished: Bool { done.count == shards.count }
+
+    // MARK: workers
+
+    /// Admits (or re-admits) a worker. A re-admitted worker lost its previous leases: they go back to the queue.
+    public mutating func admit(_ key: WorkerKey, name: String, now: Double) {
+        if workers[key] != nil { _ = remove(key) }
+        workers[key] = WorkerInfo(name: name, lastSeen: now, admittedAt: now)
+        everAdmitted.insert(key)
+    }
+
+    /// Sets the worker's credit window.
+    public mutating func setWindow(_ key: WorkerKey, credits: Int, now: Double) {
+        workers[key]?.window = credits
+        touch(key, now: now)
+    }
+
+    public mutating func touch(_ key: WorkerKey, now: Double) {
+        workers[key]?.lastSeen = now
+    }
+
+    /// Forgets a worker; its leased shards go back to the queue. Returns them.
+    @discardableResult
+    public mutating func remove(_ key: WorkerKey) -> [Int] {
+        guard let info = workers.removeValue(forKey: key) else { return [] }
+        let returned = info.leased.sorted(by: >)
+        for shard in returned where leases[shard]?.worker == key {
+            leases[shard] = nil
+            pendingStack.append(shard)
+        }
+        return returned.reversed()
+    }
+
+    /// Removes workers silent for longer than the liveness timeout, and leases older than the lease timeout.
+    /// Returns the removed workers (with the shards they held) and the shards whose lease alone expired.
+    public mutating func expire(now: Double) -> (workers: [(key: WorkerKey, name: String, shards: [Int])], leases: [Int]) {
+        var gone: [(WorkerKey, String, [Int])] = []
+        for (key, info) in workers where now - info.lastSeen > livenessTimeout {
+            gone.append((key, info.name, remove(key)))
+        }
+        var expiredLeases: [Int] = []
+        if let timeout = leaseTimeout {
+            for (shard, lease) in leases where now - lease.since > timeout {
+                expiredLeases.append(shard)
+            }
+            for shard in expiredLeases.sorted(by: >) {
+                if let key = leases[shard]?.worker { workers[key]?.leased.remove(shard) }
+                leases[shard] = nil
+                pendingStack.append(shard)
+            }
+        }
+        return (gone.map { (key: $0.0, name: $0.1, shards: $0.2) }, expiredLeases.sorted())
+    }
+
+    // MARK: leases
+
+    /// Hands out shards to every worker with free credit. Deterministic for a given history.
+    public mutating func assign(now: Double) -> [(worker: WorkerKey, shard: ShardSpec)] {
+        var out: [(WorkerKey, ShardSpec)] = []
+        if pendingStack.isEmpty { return [] }
+        // Least-loaded first, ties by name, so fast workers (whose credits come back sooner) take more.
+        let order = workers.keys.sorted { a, b in
+            let la = workers[a]!.leased.count, lb = workers[b]!.leased.count
+            return la != lb ? la < lb : workers[a]!.name < workers[b]!.name
+        }
+        var progress = true
+        while progress && !pendingStack.isEmpty {
+            progress = false
+            for key in order where workers[key]!.leased.count < workers[key]!.window {
+                guard let shard = takeShard(for: key) else { continue }
+                workers[key]!.leased.insert(shard)
+                leases[shard] = (key, now)
+                out.append((key, shards[shard]!))
+                progress = true
+                if pendingStack.isEmpty { break }
+            }
+        }
+        return out.map { (worker: $0.0, shard: $0.1) }
+    }
+
+    private mutating func takeShard(for key: WorkerKey) -> Int? {
+        // Prefer a shard that has not failed on this worker; look at the next few only.
+        var i = pendingStack.count - 1
+        let lowest = max(0, pendingStack.count - 64)
+        while i >= lowest {
+            let shard = pendingStack[i]
+            if failedOn[shard]?.contains(key) != true {
+                pendingStack.remove(at: i)
+                return shard
+            }
+            i -= 1
+        }
+        // Every candidate failed here before: retry here only if no other admitted worker could take it.
+        let shard = pendingStack[pendingStack.count - 1]
+        let others = workers.keys.filter { $0 != key && failedOn[shard]?.contains($0) != true }
+        if others.isEmpty {
+            pendingStack.removeLast()
+            return shard
+        }
+        return nil
+    }
+
+    // MARK: results
+
+    /// Records a result for `shard` from `key`. Only `.merge` changes `done`.
+    public mutating func complete(shard: Int, from key: WorkerKey, samples: Int, computeSeconds: Double, now: Double) -> Completion {
+        guard shards[shard] != nil else { return .unknownShard }
+        touch(key, now: now)
+        if done.contains(shard) {
+            workers[key]?.leased.remove(shard)
+            return .duplicate
+        }
+        done.insert(shard)
+        if let holder = leases.removeValue(forKey: shard) {
+            workers[holder.worker]?.leased.remove(shard)
+        } else if let idx = pendingStack.lastIndex(of: shard) {
+            // Lease had expired and the shard was queued again: the late result still counts once.
+            pendingStack.remove(at: idx)
+        }
+        workers[key]?.leased.remove(shard)
+        workers[key]?.done += 1
+        workers[key]?.samplesDone += samples
+        workers[key]?.computeSeconds += computeSeconds
+        return .merge
+    }
+
+    /// Records a failure. Below `maxFailures` the shard goes back to the queue (preferring other workers).
+    public mutating func fail(shard: Int, from key: WorkerKey, now: Double) -> FailureVerdict {
+        guard shards[shard] != nil, !done.contains(shard) else { return .ignored }
+        touch(key, now: now)
+        workers[key]?.leased.remove(shard)
+        if leases[shard]?.worker == key {
+            leases[shard] = nil
+        } else if leases[shard] != nil {
+            return .ignored // someone else holds it now
+        } else if pendingStack.contains(shard) {
+            return .ignored
+        }
+        let attempts = (failures[shard] ?? 0) + 1
+        failures[shard] = attempts
+        failedOn[shard, default: []].insert(key)
+        if attempts >= maxFailures { return .giveUp(attempts: attempts) }
+        pendingStack.append(shard)
+        return .retry(attempts: attempts)
+    }
+
+    /// Puts a leased shard back in the queue without counting a failure (e.g. a rejected result).
+    public mutating func requeue(shard: Int) {
+        guard let lease = leases.removeValue(forKey: shard) else { return }
+        workers[lease.worker]?.leased.remove(shard)
+        pendingStack.append(shard)
+    }
+}
