@@ -25,7 +25,8 @@ extension Kernels {
         let oh = g.outHeight, ow = g.outWidth
         if g.batch <= 0 || g.outChannels == 0 || oh <= 0 || ow <= 0 { return }
         if g.group == g.inChannels && g.outChannels == g.inChannels && g.group > 1 {
-            depthwiseConv2d(input: input, weight: weight, bias: bias, output: output, geometry: g, threads: threads)
+            depthwiseConv2d(input: input, weight: weight, bias: bias, output: output, geometry: g,
+                            scratch: scratch, threads: threads)
             return
         }
         prepareBLAS()

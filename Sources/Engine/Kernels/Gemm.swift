@@ -88,11 +88,11 @@ struct GemmSplit: Equatable {
     var block: Int
     var count: Int
 
-    /// Blocks of at least ~1 M multiply-adds (≈30 µs on one core), at most 32 of them. Columns are cut
+    /// Blocks of at least ~4 M multiply-adds (≈80 µs on one core; smaller blocks measured slower), at most 32 of them. Columns are cut
     /// when there are at least 256 of them, else rows when there are at least 32; block sizes are
     /// multiples of 16.
     init(m: Int, n: Int, k: Int) {
-        let want = min(32, max(1, (m * n * max(k, 1)) >> 20))
+        let want = min(32, max(1, (m * n * max(k, 1)) >> 22))
         if want > 1 && n >= 256 {
             self.init(alongN: true, extent: n, want: want)
         } else if want > 1 && m >= 32 {
@@ -104,7 +104,7 @@ struct GemmSplit: Equatable {
 
     /// Columns only (for im2col convolutions, whose unfolded input is built per column block).
     init(columnsOf n: Int, m: Int, k: Int) {
-        let want = min(32, max(1, (m * n * max(k, 1)) >> 20))
+        let want = min(32, max(1, (m * n * max(k, 1)) >> 22))
         self.init(alongN: true, extent: n, want: want)
     }
 
