@@ -84,6 +84,7 @@ public struct CalibrationTable: Sendable, Equatable {
             found = ThresholdSearch.search(method, counts: h.counts, binWidth: w)
         }
         fill(&result, found: found, counts: h.counts, binWidth: w)
+        if result.amax >= h.maxAbs { result.clippedFraction = 0 }  // nothing lies above the largest value
         return result
     }
 

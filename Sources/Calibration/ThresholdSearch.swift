@@ -99,7 +99,7 @@ public enum ThresholdSearch {
         guard n > startBin else {
             return ThresholdResult(bin: n, amax: Double(n) * binWidth, divergence: n > 0 ? 0 : nil)
         }
-        var c = rawCounts.map(Double.init)
+        var c = rawCounts.map { Double($0) }
         c[0] = c[1]
         // Prefix sums over bins: count, non-empty bins, c·log c.
         var prefixCount = [Double](repeating: 0, count: n + 1)

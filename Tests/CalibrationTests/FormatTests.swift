@@ -164,11 +164,15 @@ func sampleState(shards: [Int], seed: UInt64 = 1) -> CalibrationState {
         #expect(row["nan_count"] as? Int == 1)
         #expect(row["value_count"] as? Int == 10_001)
         #expect(row["max"] as? Double == 250)
-        // The outlier 250 lies above the entropy threshold: 1 of 10001 values clipped.
-        let t = table.tensors[0]
-        #expect(t.amax < 250)
-        #expect(abs(t.clippedFraction - 1.0 / 10_001) < 1e-12)
-        #expect(table.tensorRTCache().entries[0].scale == t.amax / 127)
+        #expect(table.tensorRTCache().entries[0].scale == table.tensors[0].amax / 127)
+        // Hand-computed: max|x| = 250 gives bin width 1/16. The 99% point is reached in bin 158
+        // (which holds the 100 values 9.9), so amax = 158/16 = 9.875 and the 100 values 9.9 plus
+        // the outlier 250 are clipped.
+        let p99 = CalibrationTable.calibrate(name: "a", histogram: h, method: .percentile(99))
+        #expect(p99.binWidth == 1.0 / 16)
+        #expect(p99.amax == 9.875)
+        #expect(abs(p99.clippedFraction - 101.0 / 10_001) < 1e-12)
+        #expect(CalibrationTable.calibrate(name: "a", histogram: h, method: .max).clippedFraction == 0)
     }
 
     @Test func parallelSearchEqualsSerial() {

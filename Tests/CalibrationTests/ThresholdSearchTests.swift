@@ -92,7 +92,7 @@ enum VectorFiles {
 /// Naive transcriptions of the published conventions, O(n²): oracles for the fast searches.
 enum NaiveSearch {
     static func entropy(_ raw: [UInt64]) -> Int {
-        var c = raw.map(Double.init)
+        var c = raw.map { Double($0) }
         c[0] = c[1]
         let n = c.count
         var best = Double.infinity, bestI = -1
