@@ -84,7 +84,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["Data"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "CZeroMQ"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster"]),
-        .testTarget(name: "CLITests", dependencies: ["Calibration"]),
+        .testTarget(name: "CLITests", dependencies: ["Calibration", "CalibrationIO", "shardcal"], resources: [.copy("Fixtures")]),
     ],
     swiftLanguageModes: [.v6]
 )

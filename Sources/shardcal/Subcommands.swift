@@ -1,0 +1,10 @@
+import ArgumentParser
+
+extension Shardcal {
+    /// Every subcommand, in the order `--help` lists them.
+    static let allSubcommands: [any ParsableCommand.Type] = [
+        MergeCommand.self,
+        SearchCommand.self,
+        InspectCommand.self,
+    ]
+}
