@@ -1,5 +1,6 @@
 #ifndef SHARDCAL_COPENBLAS_SHIM_H
 #define SHARDCAL_COPENBLAS_SHIM_H
 #include <cblas.h>
-/* OpenBLAS extensions (declared in OpenBLAS's cblas.h on Debian). */
+/* OpenBLAS extensions (openblas_set_num_threads etc.) are declared in OpenBLAS's cblas.h on Debian. */
+#include "shardcal_kernels.h"
 #endif

@@ -109,3 +109,20 @@ func kernelPool(_ x: [Float], _ g: Pool2DGeometry, _ kind: PoolKind, threads: In
     }
     return y
 }
+
+func depthwiseConv(_ x: [Float], _ w: [Float], _ b: [Float]?, _ g: Conv2DGeometry, isa: Kernels.VectorISA, threads: Int,
+                   scratch: KernelScratch) -> [Float] {
+    var y = [Float](repeating: .nan, count: g.batch * g.outChannels * g.outHeight * g.outWidth)
+    let bias = b ?? []
+    x.withUnsafeBufferPointer { xp in
+        w.withUnsafeBufferPointer { wp in
+            bias.withUnsafeBufferPointer { bp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    Kernels.depthwiseConv2d(input: xp.baseAddress!, weight: wp.baseAddress!, bias: b == nil ? nil : bp.baseAddress,
+                                            output: yp.baseAddress!, geometry: g, scratch: scratch, threads: threads, isa: isa)
+                }
+            }
+        }
+    }
+    return y
+}

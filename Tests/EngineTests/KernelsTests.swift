@@ -85,12 +85,21 @@ struct KernelsConvTests {
             let ref = referenceConv(x, w, b, g)
             let one = kernelConv(x, w, b, g, threads: 1, scratch: scratch)
             let two = kernelConv(x, w, b, g, threads: 2, scratch: scratch)
+            let k = Float(g.inChannels / g.group * g.kernelHeight * g.kernelWidth)
+            #expect(kernelMaxAbsDiff(one, ref) <= 2e-6 * k + 1e-6, "\(g)")
             if depthwise && g.inChannels > 1 {
-                // Direct kernel accumulates in the reference's order: bit-identical.
-                #expect(one == ref, "\(g)")
-            } else {
-                let k = Float(g.inChannels / g.group * g.kernelHeight * g.kernelWidth)
-                #expect(kernelMaxAbsDiff(one, ref) <= 2e-6 * k + 1e-6, "\(g)")
+                // Every vector ISA this CPU has: the portable one sums in the reference's order
+                // (bit-identical), the C ones use FMA (within rounding).
+                for isa in Kernels.VectorISA.allCases where isa.isSupported {
+                    for t in [1, 2] {
+                        let y = depthwiseConv(x, w, b, g, isa: isa, threads: t, scratch: scratch)
+                        if isa == .portable {
+                            #expect(y == ref, "\(g) \(isa)")
+                        } else {
+                            #expect(kernelMaxAbsDiff(y, ref) <= 2e-6 * k + 1e-6, "\(g) \(isa)")
+                        }
+                    }
+                }
             }
             #expect(one == two, "threads 1 vs 2 differ: \(g)")
             checked += 1
@@ -109,6 +118,13 @@ struct KernelsConvTests {
                            strideH: 2, strideW: 2, padTop: 1, padLeft: 1, padBottom: 2, padRight: 2, group: 16),
             Conv2DGeometry(batch: 1, inChannels: 8, inHeight: 9, inWidth: 9, outChannels: 6, kernelHeight: 1, kernelWidth: 1,
                            strideH: 2, strideW: 2),
+            // Wide depthwise planes: several 16-column blocks, partial last block, 4-row groups.
+            Conv2DGeometry(batch: 2, inChannels: 5, inHeight: 37, inWidth: 45, outChannels: 5, kernelHeight: 3, kernelWidth: 3,
+                           padTop: 1, padLeft: 1, padBottom: 1, padRight: 1, group: 5),
+            Conv2DGeometry(batch: 1, inChannels: 4, inHeight: 33, inWidth: 67, outChannels: 4, kernelHeight: 3, kernelWidth: 3,
+                           strideH: 2, strideW: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1, group: 4),
+            Conv2DGeometry(batch: 1, inChannels: 3, inHeight: 30, inWidth: 70, outChannels: 3, kernelHeight: 5, kernelWidth: 7,
+                           strideH: 1, strideW: 3, dilationH: 2, dilationW: 2, padTop: 3, padLeft: 2, padBottom: 0, padRight: 5, group: 3),
         ]
         for g in shapes {
             let x = rng.floats(g.batch * g.inChannels * g.inHeight * g.inWidth)
@@ -116,8 +132,14 @@ struct KernelsConvTests {
             let b = rng.floats(g.outChannels)
             let ref = referenceConv(x, w, b, g)
             let k = Float(g.inChannels / g.group * g.kernelHeight * g.kernelWidth)
-            for t in [1, 2, 3] {
-                #expect(kernelMaxAbsDiff(kernelConv(x, w, b, g, threads: t), ref) <= 2e-6 * k + 1e-6, "\(g) threads \(t)")
+            let one = kernelConv(x, w, b, g, threads: 1)
+            #expect(kernelMaxAbsDiff(one, ref) <= 2e-6 * k + 1e-6, "\(g)")
+            for t in [2, 3] { #expect(kernelConv(x, w, b, g, threads: t) == one, "\(g) threads \(t)") }
+            if g.group == g.inChannels && g.inChannels == g.outChannels {
+                for isa in Kernels.VectorISA.allCases where isa.isSupported {
+                    let y = depthwiseConv(x, w, b, g, isa: isa, threads: 2, scratch: KernelScratch())
+                    if isa == .portable { #expect(y == ref, "\(g) \(isa)") } else { #expect(kernelMaxAbsDiff(y, ref) <= 2e-6 * k + 1e-6, "\(g) \(isa)") }
+                }
             }
         }
     }

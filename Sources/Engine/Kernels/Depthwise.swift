@@ -6,13 +6,21 @@
 // stride and dilation, so 8 outputs are computed with one vector load per tap. Four output vectors are
 // computed together to hide add latency.
 //
-// Accumulation per output element: bias, then taps in (i, j) order with separate multiply and add
-// (no FMA), like the reference kernel. Taps in the padding add w·0 = ±0, which leaves the sum
-// unchanged, so results equal the reference (up to the sign of an exact zero).
+// Portable (Swift) path — accumulation per output element: bias, then taps in (i, j) order with
+// separate multiply and add (no FMA), like the reference kernel. Taps in the padding add w·0 = ±0,
+// which leaves the sum unchanged, so results equal the reference (up to the sign of an exact zero).
+// Swift code is compiled for baseline x86-64 (SSE), so on CPUs with AVX-512 or AVX2+FMA the plane
+// loop runs in a small C kernel (Sources/COpenBLAS/shardcal_kernels.h) instead: same tap order,
+// 16 or 8 lanes, fused multiply-add (so within rounding of the reference, not bit-equal). With
+// AVX-512 and column stride 1 or 2 the C kernel reads the input directly with masked loads (no
+// staging copy); otherwise it uses the padded phase-split copy.
+// The choice depends only on the CPU, never on the thread count.
+
+import COpenBLAS
 
 /// Per-geometry constants of the depthwise kernel.
 struct DepthwisePlan {
-    static let lanes = 8
+    var lanes: Int
     var H: Int, W: Int, oh: Int, ow: Int
     var sh: Int, sw: Int
     var padTop: Int, padLeft: Int
@@ -24,24 +32,73 @@ struct DepthwisePlan {
     var planeSize: Int      // floats of scratch per worker (phases + one row of staging)
     var rowStage: Int       // offset of the staging row inside a worker's scratch
 
-    init(_ g: Conv2DGeometry) {
+    init(_ g: Conv2DGeometry, lanes: Int) {
+        self.lanes = lanes
         H = g.inHeight; W = g.inWidth; oh = g.outHeight; ow = g.outWidth
         sh = g.strideH; sw = g.strideW; padTop = g.padTop; padLeft = g.padLeft
         taps = g.kernelHeight * g.kernelWidth
         paddedRows = (oh - 1) * sh + (g.kernelHeight - 1) * g.dilationH + 1
-        vecsPerRow = (ow + Self.lanes - 1) / Self.lanes
-        phaseWidth = vecsPerRow * Self.lanes + ((g.kernelWidth - 1) * g.dilationW) / sw
+        vecsPerRow = (ow + lanes - 1) / lanes
+        phaseWidth = vecsPerRow * lanes + ((g.kernelWidth - 1) * g.dilationW) / sw
         phasePlane = paddedRows * phaseWidth
         rowStage = sw * phasePlane
-        planeSize = rowStage + sw * phaseWidth + 2 * Self.lanes
+        planeSize = rowStage + sw * phaseWidth + 2 * lanes
     }
 }
 
 extension Kernels {
-    static func depthwiseConv2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
-                                output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry,
-                                scratch: KernelScratch, threads: Int) {
-        let plan = DepthwisePlan(g)
+    /// Instruction set used by the vectorised kernels.
+    public enum VectorISA: String, Sendable, CaseIterable {
+        /// Swift SIMD code (SSE on x86-64); summation order identical to the reference kernels.
+        case portable
+        /// C kernel with AVX2 + FMA.
+        case avx2
+        /// C kernel with AVX-512F.
+        case avx512
+
+        /// Best ISA this CPU supports (read once from the CPU flags).
+        public static let best: VectorISA = {
+            #if arch(x86_64)
+            let flags = CPUFlags.current
+            if flags.contains("avx512f") { return .avx512 }
+            if flags.contains("avx2") && flags.contains("fma") { return .avx2 }
+            #endif
+            return .portable
+        }()
+
+        /// Whether this CPU can run the ISA.
+        public var isSupported: Bool {
+            switch self {
+            case .portable: return true
+            case .avx2: return VectorISA.best == .avx2 || VectorISA.best == .avx512
+            case .avx512: return VectorISA.best == .avx512
+            }
+        }
+    }
+
+    /// Depthwise convolution (group == inChannels == outChannels) with an explicit ISA; `conv2d`
+    /// uses `VectorISA.best`. Precondition: `isa.isSupported`.
+    public static func depthwiseConv2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                       output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry,
+                                       scratch: KernelScratch, threads: Int, isa: VectorISA = .best) {
+        precondition(g.group == g.inChannels && g.outChannels == g.inChannels, "depthwiseConv2d: not a depthwise geometry")
+        precondition(isa.isSupported, "depthwiseConv2d: \(isa) not supported by this CPU")
+        if g.batch <= 0 || g.inChannels == 0 || g.outHeight <= 0 || g.outWidth <= 0 { return }
+        #if arch(x86_64)
+        if isa == .avx512 && (g.strideW == 1 || g.strideW == 2) && g.kernelWidth <= 16 {
+            // No staging copy: masked loads straight from the input plane.
+            let C = g.inChannels
+            parallelTasks(g.batch * C, threads: threads) { p in
+                let c = p % C
+                _ = shardcal_dw_direct_avx512(input + p * g.inHeight * g.inWidth, output + p * g.outHeight * g.outWidth,
+                                              weight + c * g.kernelHeight * g.kernelWidth, bias?[c] ?? 0,
+                                              g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
+                                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft)
+            }
+            return
+        }
+        #endif
+        let plan = DepthwisePlan(g, lanes: isa == .avx512 ? 16 : 8)
         let C = g.inChannels
         let planes = g.batch * C
         let workers = min(max(1, threads), planes)
@@ -60,8 +117,22 @@ extension Kernels {
                 let c = p % C
                 let pad = buf + worker * plan.planeSize
                 depthwisePadPlane(src: input + p * plan.H * plan.W, pad: pad, plan: plan)
-                depthwisePlane(pad: pad, dst: output + p * plan.oh * plan.ow, weight: weight + c * plan.taps,
-                               bias: bias?[c] ?? 0, offsets: offsets, plan: plan)
+                let dst = output + p * plan.oh * plan.ow, w = weight + c * plan.taps, b = bias?[c] ?? 0
+                switch isa {
+                case .portable:
+                    depthwisePlane(pad: pad, dst: dst, weight: w, bias: b, offsets: offsets, plan: plan)
+                #if arch(x86_64)
+                case .avx512:
+                    shardcal_dw_plane_avx512(pad, dst, w, b, offsets, plan.taps, plan.oh, plan.ow, plan.vecsPerRow,
+                                             plan.sh * plan.phaseWidth)
+                case .avx2:
+                    shardcal_dw_plane_avx2(pad, dst, w, b, offsets, plan.taps, plan.oh, plan.ow, plan.vecsPerRow,
+                                           plan.sh * plan.phaseWidth)
+                #else
+                default:
+                    depthwisePlane(pad: pad, dst: dst, weight: w, bias: b, offsets: offsets, plan: plan)
+                #endif
+                }
             }
         }
     }
@@ -91,7 +162,7 @@ extension Kernels {
             // Stage the padded row, then deinterleave it into the phases.
             stage.update(repeating: 0, count: inLo)
             (stage + inLo).update(from: s + (inLo &- pl), count: inHi &- inLo)
-            (stage + inHi).update(repeating: 0, count: stageLen &- inHi + 2 * DepthwisePlan.lanes)
+            (stage + inHi).update(repeating: 0, count: stageLen &- inHi + 2 * plan.lanes)
             if sw == 2 {
                 let d0 = pad + r &* pw, d1 = pad + plan.phasePlane + r &* pw
                 var q = 0
@@ -116,7 +187,8 @@ extension Kernels {
     static func depthwisePlane(pad: UnsafeMutablePointer<Float>, dst: UnsafeMutablePointer<Float>, weight w: UnsafePointer<Float>,
                                bias: Float, offsets: UnsafePointer<Int>, plan: DepthwisePlan) {
         typealias V = SIMD8<Float>
-        let lanes = DepthwisePlan.lanes
+        precondition(plan.lanes == 8)
+        let lanes = 8
         let vpr = plan.vecsPerRow, ow = plan.ow, taps = plan.taps
         let rowStep = plan.sh &* plan.phaseWidth
         let tiles = plan.oh &* vpr

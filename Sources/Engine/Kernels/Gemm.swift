@@ -40,9 +40,7 @@ enum BLASSetup {
         let generic: Set<String> = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Katmai", "Coppermine",
                                     "Northwood", "Banias", "Atom", "Unknown", ""]
         guard generic.contains(detected) else { return }
-        guard let cpuinfo = readSmallFile("/proc/cpuinfo"),
-              let flagsLine = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
-        let flags = Set(flagsLine.split(separator: " ").map(String.init))
+        let flags = CPUFlags.current
         let target: String
         if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"].allSatisfy(flags.contains) {
             target = "SkylakeX"
@@ -59,25 +57,6 @@ enum BLASSetup {
         unsafeBitCast(initSym, to: VoidFn.self)()
         unsetenv("OPENBLAS_CORETYPE")
         coreUpgrade = "\(detected) -> \(currentCoreName())"
-        #endif
-    }
-
-    /// Reads a (small, procfs) text file without Foundation.
-    static func readSmallFile(_ path: String) -> String? {
-        #if os(Linux)
-        let fd = open(path, O_RDONLY)
-        if fd < 0 { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while bytes.count < 1 << 22 {
-            let r = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if r <= 0 { break }
-            bytes.append(contentsOf: chunk[0..<r])
-        }
-        return String(decoding: bytes, as: UTF8.self)
-        #else
-        return nil
         #endif
     }
 }

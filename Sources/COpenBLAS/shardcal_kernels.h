@@ -1,0 +1,215 @@
+/* shardcal: small x86 SIMD kernels the Swift compiler cannot generate (Swift code is built for
+ * baseline x86-64, i.e. SSE2). Each function carries its own target attribute and is only called
+ * after the Swift side has checked the CPU flags; the plain Swift kernels remain the reference
+ * these are tested against. Header-only (static inline) so no extra package target is needed. */
+#ifndef SHARDCAL_KERNELS_H
+#define SHARDCAL_KERNELS_H
+
+#include <stddef.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/* Depthwise conv, one output plane, from the zero-padded phase-split input plane prepared by the
+ * Swift side (see Depthwise.swift). Output tile t = (y, 16-column block xb) reads
+ * pad[y * rowStep + xb + offsets[k]] for tap k; acc = bias, then acc = fma(w[k], x, acc) per tap. */
+__attribute__((target("avx512f")))
+static inline void shardcal_dw_plane_avx512(const float *pad, float *dst, const float *w, float bias,
+                                            const long *offsets, long taps, long oh, long ow,
+                                            long vecsPerRow, long rowStep) {
+    const long tiles = oh * vecsPerRow;
+    const __m512 b = _mm512_set1_ps(bias);
+    const long lastWidth = ow - (vecsPerRow - 1) * 16;
+    const __mmask16 lastMask = (__mmask16)((1u << lastWidth) - 1u);
+    long t = 0;
+    for (; t + 4 <= tiles; t += 4) {
+        const float *p[4];
+        float *o[4];
+        __mmask16 m[4];
+        for (int u = 0; u < 4; u++) {
+            long y = (t + u) / vecsPerRow, v = (t + u) - y * vecsPerRow;
+            p[u] = pad + y * rowStep + v * 16;
+            o[u] = dst + y * ow + v * 16;
+            m[u] = (v == vecsPerRow - 1) ? lastMask : (__mmask16)0xFFFF;
+        }
+        __m512 a0 = b, a1 = b, a2 = b, a3 = b;
+        for (long k = 0; k < taps; k++) {
+            const __m512 wv = _mm512_set1_ps(w[k]);
+            const long off = offsets[k];
+            a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(p[0] + off), a0);
+            a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(p[1] + off), a1);
+            a2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(p[2] + off), a2);
+            a3 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(p[3] + off), a3);
+        }
+        _mm512_mask_storeu_ps(o[0], m[0], a0);
+        _mm512_mask_storeu_ps(o[1], m[1], a1);
+        _mm512_mask_storeu_ps(o[2], m[2], a2);
+        _mm512_mask_storeu_ps(o[3], m[3], a3);
+    }
+    for (; t < tiles; t++) {
+        long y = t / vecsPerRow, v = t - y * vecsPerRow;
+        const float *p0 = pad + y * rowStep + v * 16;
+        __m512 a0 = b;
+        for (long k = 0; k < taps; k++)
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[k]), _mm512_loadu_ps(p0 + offsets[k]), a0);
+        _mm512_mask_storeu_ps(dst + y * ow + v * 16, (v == vecsPerRow - 1) ? lastMask : (__mmask16)0xFFFF, a0);
+    }
+}
+
+/* Depthwise conv, one plane, read directly from the unpadded input (no staging copy): AVX-512
+ * masked loads zero the taps that fall in the padding (and never touch memory outside the row).
+ * Column strides 1 and 2 only (returns 0 otherwise, or when kw > 16). Per output element the
+ * accumulation is bias, then taps in (i, j) order, one FMA each, skipping rows in the padding.
+ * Four output rows of one 16-column block are computed together. */
+__attribute__((target("avx512f")))
+static inline int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, float bias,
+                                            long H, long W, long oh, long ow, long kh, long kw,
+                                            long sh, long sw, long dh, long dw, long pt, long pl) {
+    if ((sw != 1 && sw != 2) || kw > 16) return 0;
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    __mmask16 mlo[16], mhi[16];
+    long c0[16];
+    for (long xb = 0; xb < ow; xb += 16) {
+        const long lanesOut = ow - xb < 16 ? ow - xb : 16;
+        const __mmask16 storeMask = (__mmask16)((1u << lanesOut) - 1u);
+        for (long j = 0; j < kw; j++) {
+            /* lane l reads input column c0 + l*sw */
+            c0[j] = xb * sw + j * dw - pl;
+            unsigned lo = 0, hi = 0;
+            for (long m = 0; m < 16; m++) {
+                long c = c0[j] + m;
+                if (c >= 0 && c < W) lo |= 1u << m;
+                c = c0[j] + 16 + m;
+                if (c >= 0 && c < W) hi |= 1u << m;
+            }
+            if (sw == 1) lo &= storeMask; /* lanes past the output are never needed */
+            mlo[j] = (__mmask16)lo; mhi[j] = (__mmask16)hi;
+        }
+        for (long y = 0; y < oh; y += 4) {
+            const long rows = oh - y < 4 ? oh - y : 4;
+            __m512 a0 = _mm512_set1_ps(bias), a1 = a0, a2 = a0, a3 = a0;
+            for (long i = 0; i < kh; i++) {
+                /* Input rows of the four output rows for kernel row i (scalar code: no arrays,
+                 * which the compiler would vectorise into a store-forwarding stall). */
+                const long iy0 = y * sh - pt + i * dh;
+                const long iy1 = iy0 + sh, iy2 = iy1 + sh, iy3 = iy2 + sh;
+                const int v0 = iy0 >= 0 && iy0 < H;
+                const int v1 = rows > 1 && iy1 >= 0 && iy1 < H;
+                const int v2 = rows > 2 && iy2 >= 0 && iy2 < H;
+                const int v3 = rows > 3 && iy3 >= 0 && iy3 < H;
+                const unsigned valid = (unsigned)v0 | ((unsigned)v1 << 1) | ((unsigned)v2 << 2) | ((unsigned)v3 << 3);
+                if (!valid) continue;
+                const float *r0 = v0 ? src + iy0 * W : src;
+                const float *r1 = v1 ? src + iy1 * W : src;
+                const float *r2 = v2 ? src + iy2 * W : src;
+                const float *r3 = v3 ? src + iy3 * W : src;
+                const float *wi = w + i * kw;
+                if (sw == 1) {
+#define SHARDCAL_LD1(row) _mm512_maskz_loadu_ps(m, (row) + c)
+                    if (valid == 0xF) {
+                        for (long j = 0; j < kw; j++) {
+                            const __m512 wv = _mm512_set1_ps(wi[j]);
+                            const __mmask16 m = mlo[j];
+                            const long c = c0[j];
+                            a0 = _mm512_fmadd_ps(wv, SHARDCAL_LD1(r0), a0);
+                            a1 = _mm512_fmadd_ps(wv, SHARDCAL_LD1(r1), a1);
+                            a2 = _mm512_fmadd_ps(wv, SHARDCAL_LD1(r2), a2);
+                            a3 = _mm512_fmadd_ps(wv, SHARDCAL_LD1(r3), a3);
+                        }
+                    } else {
+                        for (long j = 0; j < kw; j++) {
+                            const __m512 wv = _mm512_set1_ps(wi[j]);
+                            const __mmask16 m = mlo[j];
+                            const long c = c0[j];
+                            if (valid & 1) a0 = _mm512_fmadd_ps(wv, SHARDCAL_LD1(r0), a0);
+                            if (valid & 2) a1 = _mm512_fmadd_ps(wv, SHARDCAL_LD1(r1), a1);
+                            if (valid & 4) a2 = _mm512_fmadd_ps(wv, SHARDCAL_LD1(r2), a2);
+                            if (valid & 8) a3 = _mm512_fmadd_ps(wv, SHARDCAL_LD1(r3), a3);
+                        }
+                    }
+#undef SHARDCAL_LD1
+                } else {
+#define SHARDCAL_LD2(row) _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(ml, (row) + c), evens, \
+                                                 _mm512_maskz_loadu_ps(mh, (row) + c + 16))
+                    if (valid == 0xF) {
+                        for (long j = 0; j < kw; j++) {
+                            const __m512 wv = _mm512_set1_ps(wi[j]);
+                            const __mmask16 ml = mlo[j], mh = mhi[j];
+                            const long c = c0[j];
+                            a0 = _mm512_fmadd_ps(wv, SHARDCAL_LD2(r0), a0);
+                            a1 = _mm512_fmadd_ps(wv, SHARDCAL_LD2(r1), a1);
+                            a2 = _mm512_fmadd_ps(wv, SHARDCAL_LD2(r2), a2);
+                            a3 = _mm512_fmadd_ps(wv, SHARDCAL_LD2(r3), a3);
+                        }
+                    } else {
+                        for (long j = 0; j < kw; j++) {
+                            const __m512 wv = _mm512_set1_ps(wi[j]);
+                            const __mmask16 ml = mlo[j], mh = mhi[j];
+                            const long c = c0[j];
+                            if (valid & 1) a0 = _mm512_fmadd_ps(wv, SHARDCAL_LD2(r0), a0);
+                            if (valid & 2) a1 = _mm512_fmadd_ps(wv, SHARDCAL_LD2(r1), a1);
+                            if (valid & 4) a2 = _mm512_fmadd_ps(wv, SHARDCAL_LD2(r2), a2);
+                            if (valid & 8) a3 = _mm512_fmadd_ps(wv, SHARDCAL_LD2(r3), a3);
+                        }
+                    }
+#undef SHARDCAL_LD2
+                }
+            }
+            float *o = dst + y * ow + xb;
+            _mm512_mask_storeu_ps(o, storeMask, a0);
+            if (rows > 1) _mm512_mask_storeu_ps(o + ow, storeMask, a1);
+            if (rows > 2) _mm512_mask_storeu_ps(o + 2 * ow, storeMask, a2);
+            if (rows > 3) _mm512_mask_storeu_ps(o + 3 * ow, storeMask, a3);
+        }
+    }
+    return 1;
+}
+
+/* Same with AVX2 + FMA, 8-column tiles. */
+__attribute__((target("avx2,fma")))
+static inline void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float bias,
+                                          const long *offsets, long taps, long oh, long ow,
+                                          long vecsPerRow, long rowStep) {
+    const long tiles = oh * vecsPerRow;
+    const __m256 b = _mm256_set1_ps(bias);
+    const long lastWidth = ow - (vecsPerRow - 1) * 8;
+    int maskBits[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    const __m256i lastMask = _mm256_loadu_si256((const __m256i *)(maskBits + 8 - lastWidth));
+    const __m256i fullMask = _mm256_set1_epi32(-1);
+    long t = 0;
+    for (; t + 4 <= tiles; t += 4) {
+        const float *p[4];
+        float *o[4];
+        int last[4];
+        for (int u = 0; u < 4; u++) {
+            long y = (t + u) / vecsPerRow, v = (t + u) - y * vecsPerRow;
+            p[u] = pad + y * rowStep + v * 8;
+            o[u] = dst + y * ow + v * 8;
+            last[u] = (v == vecsPerRow - 1);
+        }
+        __m256 a0 = b, a1 = b, a2 = b, a3 = b;
+        for (long k = 0; k < taps; k++) {
+            const __m256 wv = _mm256_set1_ps(w[k]);
+            const long off = offsets[k];
+            a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p[0] + off), a0);
+            a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p[1] + off), a1);
+            a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p[2] + off), a2);
+            a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(p[3] + off), a3);
+        }
+        _mm256_maskstore_ps(o[0], last[0] ? lastMask : fullMask, a0);
+        _mm256_maskstore_ps(o[1], last[1] ? lastMask : fullMask, a1);
+        _mm256_maskstore_ps(o[2], last[2] ? lastMask : fullMask, a2);
+        _mm256_maskstore_ps(o[3], last[3] ? lastMask : fullMask, a3);
+    }
+    for (; t < tiles; t++) {
+        long y = t / vecsPerRow, v = t - y * vecsPerRow;
+        const float *p0 = pad + y * rowStep + v * 8;
+        __m256 a0 = b;
+        for (long k = 0; k < taps; k++)
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[k]), _mm256_loadu_ps(p0 + offsets[k]), a0);
+        _mm256_maskstore_ps(dst + y * ow + v * 8, (v == vecsPerRow - 1) ? lastMask : fullMask, a0);
+    }
+}
+#endif /* __x86_64__ */
+
+#endif /* SHARDCAL_KERNELS_H */
