@@ -362,3 +362,40 @@ struct KernelsPoolTests {
         }
     }
 }
+
+@Suite("Kernels: elementwise")
+struct KernelsElementwiseTests {
+    @Test func clipHandComputedAndNaN() {
+        let x: [Float] = [-7, -0.5, 0, 3, 6, 6.5, .nan, 100, -.infinity, .infinity, 2]
+        var y = [Float](repeating: 0, count: x.count)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                Kernels.clip(input: xp.baseAddress!, output: yp.baseAddress!, count: x.count, min: 0, max: 6)
+            }
+        }
+        #expect(Array(y[0..<6]) == [0, 0, 0, 3, 6, 6])
+        #expect(y[6].isNaN)
+        #expect(Array(y[7...]) == [6, 0, 6, 2])
+    }
+
+    @Test func clipMatchesReferenceInPlaceAndThreaded() {
+        var rng = KernelTestRNG(seed: 23)
+        for n in [0, 1, 7, 8, 9, 63, 1000, 300_001] {
+            let x = rng.floats(n).map { $0 * 10 }
+            var ref = [Float](repeating: 0, count: n)
+            x.withUnsafeBufferPointer { xp in
+                ref.withUnsafeMutableBufferPointer { rp in
+                    if n > 0 { Kernels.Reference.clip(input: xp.baseAddress!, output: rp.baseAddress!, count: n, min: -1, max: 2.5) }
+                }
+            }
+            #expect(ref.allSatisfy { $0 >= -1 && $0 <= 2.5 })
+            for t in [1, 2] {
+                var y = x   // in place
+                y.withUnsafeMutableBufferPointer { yp in
+                    if n > 0 { Kernels.clip(input: yp.baseAddress!, output: yp.baseAddress!, count: n, min: -1, max: 2.5, threads: t) }
+                }
+                #expect(y == ref, "n \(n) threads \(t)")
+            }
+        }
+    }
+}

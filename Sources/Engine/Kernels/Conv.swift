@@ -11,9 +11,7 @@ extension Kernels {
     static func fillBias(_ out: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>?, channels: Int,
                          plane: Int, from p0: Int, to p1: Int) {
         for c in 0..<channels {
-            let v = bias?[c] ?? 0
-            let p = out + c * plane
-            for i in p0..<p1 { p[i] = v }
+            (out + c * plane + p0).update(repeating: bias?[c] ?? 0, count: p1 - p0)
         }
     }
 
