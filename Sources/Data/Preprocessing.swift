@@ -4,13 +4,15 @@
 /// 2. colour: `rgb` keeps RGB, `bgr` reverses the channel order, `gray` converts to one channel with
 ///    Pillow's `convert("L")` rule, `L = (19595 R + 38470 G + 7471 B + 32768) >> 16`
 ///    (ITU-R 601-2 luma, 16-bit fixed point);
-/// 3. resize (optional), **Pillow `Image.resize(size, Image.BILINEAR)` semantics, reproduced exactly**:
-///    separable triangle filter on pixel centres (`center = (i + 0.5) * in/out`), widened by the
-///    scale factor when shrinking (antialiasing, support = max(1, in/out)), coefficients normalised
-///    and rounded to 22-bit fixed point, horizontal pass first with the intermediate rounded and
-///    clamped to 8 bits, then the vertical pass. `shorterSide(s)` scales the shorter side to `s`
-///    and the longer to `floor(s * long / short)` (torchvision's `Resize(int)` sizing); `exact`
-///    gives the stated width and height;
+/// 3. resize (optional): bilinear, **Pillow's classic two-pass fixed-point algorithm** (the one of
+///    `Image.resize(size, Image.BILINEAR)` in Pillow's `Resample.c`): separable triangle filter on
+///    pixel centres (`center = (i + 0.5) * in/out`), widened by the scale factor when shrinking
+///    (antialiasing, support = max(1, in/out)), coefficients normalised and rounded to 22-bit fixed
+///    point, horizontal pass first with the intermediate rounded and clamped to 8 bits, then the
+///    vertical pass. This equals Pillow's output bit for bit when one axis changes; Pillow 13 runs
+///    the passes vertical-first for some sizes when both change, which can differ by one 8-bit
+///    level. `shorterSide(s)` scales the shorter side to `s` and the longer to
+///    `floor(s * long / short)` (torchvision's `Resize(int)` sizing); `exact` gives width and height;
 /// 4. centre crop (optional): offset `round((in - out) / 2)` with round-half-to-even on each
 ///    axis, as torchvision's `CenterCrop`; a crop larger than the image is an error;
 /// 5. `x = (float(u) * scale - mean[c]) / std[c]` in float32, with mean/std given in *output*
