@@ -81,7 +81,7 @@ let package = Package(
 
         .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "CalibrationIO"], resources: [.copy("Fixtures")]),
         .testTarget(name: "EngineTests", dependencies: ["Engine"]),
-        .testTarget(name: "DataTests", dependencies: ["Data"]),
+        .testTarget(name: "DataTests", dependencies: ["Data"], exclude: ["Fixtures"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "CZeroMQ"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster"]),
         .testTarget(name: "CLITests", dependencies: ["Calibration", "CalibrationIO", "shardcal"], resources: [.copy("Fixtures")]),
