@@ -43,8 +43,18 @@ public final class InferenceSession: @unchecked Sendable {
         self.logger = logger
         self.initializers = InitializerBuffers(graph: graph)
         self.context = ExecContext(threads: options.threads)
-        // Compile once for the declared shapes so model errors surface at load.
-        _ = try plan(for: defaultShapes())
+        for node in graph.nodes where OpRegistry.builders[node.opType] == nil {
+            throw EngineError.unsupportedOp(node: node.name, op: node.opType, opset: graph.opset)
+        }
+        // Compile once for the declared shapes (dynamic dims as 1) so attribute and shape errors
+        // surface at load. When non-batch dims are dynamic, 1 may be an impossible size (e.g. a
+        // 3×3 valid convolution), so shape errors are deferred to the first run.
+        let dynamicNonBatch = graph.inputs.contains { $0.shape.dropFirst().contains(nil) }
+        do {
+            _ = try plan(for: defaultShapes())
+        } catch EngineError.invalidNode(let node, let op, let detail) where dynamicNonBatch {
+            logger.debug("load-time plan deferred (dynamic input dims)", metadata: ["node": "\(node)", "op": "\(op)", "detail": "\(detail)"])
+        }
     }
 
     private func defaultShapes() -> [String: [Int]] {
@@ -68,9 +78,10 @@ public final class InferenceSession: @unchecked Sendable {
 
     /// Names of the activations a tap with `filter` observes, in the order it sees them, for the
     /// declared input shapes (graph inputs first, then node outputs in execution order).
-    public func tappableTensors(_ filter: TapFilter = .all) throws -> [(name: String, opType: String)] {
+    /// Pass `inputShapes` when the model has dynamic non-batch dimensions.
+    public func tappableTensors(_ filter: TapFilter = .all, inputShapes: [String: [Int]]? = nil) throws -> [(name: String, opType: String)] {
         lock.lock(); defer { lock.unlock() }
-        let p = try plan(for: defaultShapes())
+        let p = try plan(for: inputShapes ?? defaultShapes())
         return p.slotsInGraphOrder.compactMap { s in
             let slot = p.slots[s]
             guard !slot.name.isEmpty, filter.accepts(name: slot.name, opType: slot.opType) else { return nil }

