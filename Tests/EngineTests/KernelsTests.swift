@@ -1,5 +1,8 @@
 import Testing
 import Engine
+#if canImport(Glibc)
+import Glibc
+#endif
 
 // Oracles: hand-computed cases check both the reference kernels and the optimised ones; random
 // geometries then check the optimised kernels against the (hand-verified) reference kernels.
@@ -397,5 +400,49 @@ struct KernelsElementwiseTests {
                 #expect(y == ref, "n \(n) threads \(t)")
             }
         }
+    }
+}
+
+@Suite("Kernels: determinism and setup")
+struct KernelsDeterminismTests {
+    /// Each image is computed by the same calls whatever the batch it is part of, so shards with
+    /// different batch sizes produce bit-identical activations for the same image.
+    @Test func convResultsDoNotDependOnBatchSize() {
+        var rng = KernelTestRNG(seed: 29)
+        let shapes = [
+            Conv2DGeometry(batch: 3, inChannels: 16, inHeight: 30, inWidth: 30, outChannels: 48, kernelHeight: 1, kernelWidth: 1),
+            Conv2DGeometry(batch: 3, inChannels: 3, inHeight: 40, inWidth: 40, outChannels: 16, kernelHeight: 3, kernelWidth: 3,
+                           strideH: 2, strideW: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1),
+            Conv2DGeometry(batch: 3, inChannels: 24, inHeight: 28, inWidth: 28, outChannels: 24, kernelHeight: 5, kernelWidth: 5,
+                           padTop: 2, padLeft: 2, padBottom: 2, padRight: 2, group: 24),
+        ]
+        for g in shapes {
+            let x = rng.floats(g.batch * g.inChannels * g.inHeight * g.inWidth)
+            let w = rng.floats(g.outChannels * (g.inChannels / g.group) * g.kernelHeight * g.kernelWidth)
+            let b = rng.floats(g.outChannels)
+            let all = kernelConv(x, w, b, g, threads: 2)
+            let inSize = g.inChannels * g.inHeight * g.inWidth, outSize = g.outChannels * g.outHeight * g.outWidth
+            var one = g; one.batch = 1
+            for n in 0..<g.batch {
+                let single = kernelConv(Array(x[(n * inSize)..<((n + 1) * inSize)]), w, b, one, threads: 1)
+                #expect(single == Array(all[(n * outSize)..<((n + 1) * outSize)]), "\(g) image \(n)")
+            }
+        }
+    }
+
+    /// OpenBLAS 0.3.21 falls back to its Prescott (SSE3) kernels on CPUs it does not know; the
+    /// setup must replace them when the CPU has AVX2 (unless the user forced a core).
+    @Test func openBLASDoesNotRunFallbackKernelsOnAVX2() {
+        let forced = KernelsDeterminismTests.environment("OPENBLAS_CORETYPE") != nil
+        let name = Kernels.blasCoreName
+        #expect(!name.isEmpty)
+        if !forced && Kernels.VectorISA.avx2.isSupported {
+            #expect(!["Prescott", "Core2", "Penryn", "Nehalem", "Katmai", "Northwood"].contains(name), "core \(name)")
+        }
+    }
+
+    static func environment(_ key: String) -> String? {
+        guard let p = getenv(key) else { return nil }
+        return String(cString: p)
     }
 }
