@@ -33,43 +33,72 @@ struct BroadcastLoop {
         self.bStrides = bsn
     }
 
+    /// Below this many outputs the loops stay on the calling thread.
+    static let parallelThreshold = 65536
+
     @inline(__always)
-    func run<T>(_ a: UnsafePointer<T>, _ b: UnsafePointer<T>, _ o: UnsafeMutablePointer<T>, _ f: (T, T) -> T) {
+    func run<T>(_ a: UnsafePointer<T>, _ b: UnsafePointer<T>, _ o: UnsafeMutablePointer<T>, threads: Int = 1,
+                _ f: (T, T) -> T) {
         if outCount == 0 { return }
         let r = dims.count
         let inner = dims[r - 1], ia = aStrides[r - 1], ib = bStrides[r - 1]
-        var idx = [Int](repeating: 0, count: r)
-        var offA = 0, offB = 0, offO = 0
-        while offO < outCount {
-            let pa = a + offA, pb = b + offB, po = o + offO
-            if ia == 1 && ib == 1 {
-                for i in 0..<inner { po[i] = f(pa[i], pb[i]) }
-            } else if ia == 1 {
-                let y = pb[0]
-                for i in 0..<inner { po[i] = f(pa[i], y) }
-            } else if ib == 1 {
-                let x = pa[0]
-                for i in 0..<inner { po[i] = f(x, pb[i]) }
-            } else {
-                let v = f(pa[0], pb[0])
-                for i in 0..<inner { po[i] = v }
+        let rows = outCount / inner
+        let t = outCount >= BroadcastLoop.parallelThreshold ? threads : 1
+        if rows == 1 {
+            // One long row: split it (each element is computed the same way whatever the split).
+            parallelChunks(inner, threads: t) { range in
+                let lo = range.lowerBound
+                BroadcastLoop.row(a + ia * lo, b + ib * lo, o + lo, range.count, ia, ib, f)
             }
-            offO += inner
-            // advance the outer index
-            var d = r - 2
-            while d >= 0 {
-                idx[d] += 1
-                offA += aStrides[d]
-                offB += bStrides[d]
-                if idx[d] < dims[d] { break }
-                offA -= aStrides[d] * dims[d]
-                offB -= bStrides[d] * dims[d]
-                idx[d] = 0
-                d -= 1
+            return
+        }
+        parallelChunks(rows, threads: t) { range in
+            var idx = [Int](repeating: 0, count: r)
+            var rem = range.lowerBound
+            var offA = 0, offB = 0
+            for d in stride(from: r - 2, through: 0, by: -1) {
+                idx[d] = rem % dims[d]; rem /= dims[d]
+                offA += idx[d] * aStrides[d]; offB += idx[d] * bStrides[d]
             }
-            if d < 0 { break }
+            for row in range {
+                BroadcastLoop.row(a + offA, b + offB, o + row * inner, inner, ia, ib, f)
+                var d = r - 2
+                while d >= 0 {
+                    idx[d] += 1
+                    offA += aStrides[d]
+                    offB += bStrides[d]
+                    if idx[d] < dims[d] { break }
+                    offA -= aStrides[d] * dims[d]
+                    offB -= bStrides[d] * dims[d]
+                    idx[d] = 0
+                    d -= 1
+                }
+            }
         }
     }
+
+    @inline(__always)
+    static func row<T>(_ pa: UnsafePointer<T>, _ pb: UnsafePointer<T>, _ po: UnsafeMutablePointer<T>, _ n: Int,
+                       _ ia: Int, _ ib: Int, _ f: (T, T) -> T) {
+        if ia == 1 && ib == 1 {
+            for i in 0..<n { po[i] = f(pa[i], pb[i]) }
+        } else if ia == 1 {
+            let y = pb[0]
+            for i in 0..<n { po[i] = f(pa[i], y) }
+        } else if ib == 1 {
+            let x = pa[0]
+            for i in 0..<n { po[i] = f(x, pb[i]) }
+        } else {
+            let v = f(pa[0], pb[0])
+            for i in 0..<n { po[i] = v }
+        }
+    }
+}
+
+/// Runs `body` over `0..<n` split across threads when `n` is large enough.
+@inline(__always)
+func elementwise(_ n: Int, threads: Int, _ body: (Range<Int>) -> Void) {
+    parallelChunks(n, threads: n >= BroadcastLoop.parallelThreshold ? threads : 1, body)
 }
 
 enum BinaryKind: String {
@@ -79,17 +108,17 @@ enum BinaryKind: String {
 
 /// Float kernel for a binary op with a precomputed broadcast loop.
 func binaryKernel(_ kind: BinaryKind, _ loop: BroadcastLoop) -> Kernel {
-    return { ins, outs, _ in
-        let a = ins[0]!, b = ins[1]!, o = outs[0]
+    return { ins, outs, ctx in
+        let a = ins[0]!, b = ins[1]!, o = outs[0], t = ctx.threads
         switch kind {
-        case .add: loop.run(a, b, o) { $0 + $1 }
-        case .sub: loop.run(a, b, o) { $0 - $1 }
-        case .mul: loop.run(a, b, o) { $0 * $1 }
-        case .div: loop.run(a, b, o) { $0 / $1 }
-        case .pow: loop.run(a, b, o) { powf($0, $1) }
-        case .prelu: loop.run(a, b, o) { $0 < 0 ? $0 * $1 : $0 }
-        case .max: loop.run(a, b, o) { Swift.max($0, $1) }
-        case .min: loop.run(a, b, o) { Swift.min($0, $1) }
+        case .add: loop.run(a, b, o, threads: t) { $0 + $1 }
+        case .sub: loop.run(a, b, o, threads: t) { $0 - $1 }
+        case .mul: loop.run(a, b, o, threads: t) { $0 * $1 }
+        case .div: loop.run(a, b, o, threads: t) { $0 / $1 }
+        case .pow: loop.run(a, b, o, threads: t) { powf($0, $1) }
+        case .prelu: loop.run(a, b, o, threads: t) { $0 < 0 ? $0 * $1 : $0 }
+        case .max: loop.run(a, b, o, threads: t) { Swift.max($0, $1) }
+        case .min: loop.run(a, b, o, threads: t) { Swift.min($0, $1) }
         }
     }
 }
@@ -161,20 +190,16 @@ func variadicBuilder(_ kind: BinaryKind, mean: Bool = false) -> OpBuilder {
         }
         let n = elementCount(out)
         let loops = shapes.map { BroadcastLoop(out, $0, out) }
-        let zeros = [Float](repeating: 0, count: 1)
-        let firstLoop = BroadcastLoop(out, shapes[0], out)
+        let first = BroadcastLoop(shapes[0], shapes[0], out)
         let count = Float(shapes.count)
-        return .runtime(shapes: [out]) { ins, outs, _ in
+        return .runtime(shapes: [out]) { ins, outs, ctx in
             let o = outs[0]
-            zeros.withUnsafeBufferPointer { z in
-                // o = broadcast(first)
-                firstLoop.run(UnsafePointer(o), ins[0]!, o) { _, y in y }
-                _ = z
-            }
+            first.run(ins[0]!, ins[0]!, o, threads: ctx.threads) { x, _ in x }
             for i in 1..<ins.count {
-                binaryKernel(kind, loops[i])([UnsafePointer(o), ins[i]!], [o], ExecContext(threads: 1))
+                // in place: each output element reads only its own accumulator
+                binaryKernel(kind, loops[i])([UnsafePointer(o), ins[i]!], [o], ctx)
             }
-            if mean { for i in 0..<n { o[i] /= count } }
+            if mean { elementwise(n, threads: ctx.threads) { r in for i in r { o[i] /= count } } }
         }
     }
 }
@@ -187,9 +212,9 @@ func unaryBuilder(_ f: @escaping @Sendable (Float) -> Float) -> OpBuilder {
             return .constants([HostTensor(shape: s, floats: c.floatValues.map(f))])
         }
         let n = elementCount(s)
-        return .runtime(shapes: [s]) { ins, outs, _ in
+        return .runtime(shapes: [s]) { ins, outs, ctx in
             let x = ins[0]!, y = outs[0]
-            for i in 0..<n { y[i] = f(x[i]) }
+            elementwise(n, threads: ctx.threads) { r in for i in r { y[i] = f(x[i]) } }
         }
     }
 }
@@ -205,9 +230,8 @@ enum ElementwiseOps {
         r["Mean"] = variadicBuilder(.add, mean: true)
         r["Relu"] = { ctx in
             let s = try ctx.shape(0), n = elementCount(s)
-            return .runtime(shapes: [s]) { ins, outs, _ in
-                let x = ins[0]!, y = outs[0]
-                for i in 0..<n { y[i] = x[i] > 0 ? x[i] : 0 }
+            return .runtime(shapes: [s]) { ins, outs, ctx in
+                Kernels.clip(input: ins[0]!, output: outs[0], count: n, min: 0, max: .infinity, threads: ctx.threads)
             }
         }
         r["Sigmoid"] = unaryBuilder(sigmoid)
@@ -247,10 +271,9 @@ enum ElementwiseOps {
             if let c = ctx.inputs[0]?.constant, !c.isFloat {
                 return .constants([HostTensor(shape: s, ints: c.intValues.map { min(max($0, Int(lo.rounded(.up))), Int(hi)) })])
             }
-            return .runtime(shapes: [s]) { ins, outs, _ in
-                let x = ins[0]!, y = outs[0]
-                // NaN propagates like ORT's min(max()) (comparison is false for NaN).
-                for i in 0..<n { let v = x[i]; y[i] = v < lo ? lo : (v > hi ? hi : v) }
+            return .runtime(shapes: [s]) { ins, outs, ctx in
+                // NaN propagates (both comparisons are false for NaN), as in ORT.
+                Kernels.clip(input: ins[0]!, output: outs[0], count: n, min: lo, max: hi, threads: ctx.threads)
             }
         }
         r["Softmax"] = softmaxBuilder(log: false)

@@ -303,13 +303,15 @@ enum NNOps {
         if ctx.int("training_mode", 0) != 0 { throw ctx.unsupported("training_mode=1") }
         let eps = ctx.float("epsilon", 1e-5)
         let n = x[0], inner = elementCount(Array(x[2...]))
-        return .runtime(shapes: [x]) { ins, outs, _ in
+        return .runtime(shapes: [x]) { ins, outs, ctx in
             let xp = ins[0]!, scale = ins[1]!, bias = ins[2]!, mean = ins[3]!, variance = ins[4]!, y = outs[0]
-            for ch in 0..<c {
-                let a = scale[ch] / (variance[ch] + eps).squareRoot()
-                let b = bias[ch] - mean[ch] * a
-                for b0 in 0..<n {
-                    let off = (b0 * c + ch) * inner
+            let t = n * c * inner >= BroadcastLoop.parallelThreshold ? ctx.threads : 1
+            parallelChunks(n * c, threads: t) { planes in
+                for p in planes {
+                    let ch = p % c
+                    let a = scale[ch] / (variance[ch] + eps).squareRoot()
+                    let b = bias[ch] - mean[ch] * a
+                    let off = p * inner
                     for i in 0..<inner { y[off + i] = xp[off + i] * a + b }
                 }
             }

@@ -194,7 +194,8 @@ enum ShapeOps {
         if case .constant(let t) = x { return .constants([HostTensor(shape: shape, data: t.data)]) }
         let n = elementCount(shape)
         return .runtime(shapes: [shape]) { ins, outs, _ in
-            if n > 0 { outs[0].update(from: ins[0]!, count: n) }
+            // In place (aliased buffers) the data is already there.
+            if n > 0, UnsafePointer(outs[0]) != ins[0]! { outs[0].update(from: ins[0]!, count: n) }
         }
     }
 

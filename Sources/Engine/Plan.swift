@@ -26,6 +26,9 @@ final class Plan {
         let inputs: [Ref]
         let outputs: [Int]
         let kernel: Kernel
+        /// Input positions whose buffer output 0 may take over when that input dies here
+        /// (elementwise ops that read element i only before writing element i).
+        let inPlaceInputs: [Int]
     }
     struct Slot {
         let name: String
@@ -44,6 +47,7 @@ final class Plan {
     var inputSlots: [(name: String, slot: Int)] = []
     var outputs: [(name: String, value: Output)] = []
     var bufferCapacities: [Int] = []
+    var inPlaceSteps = 0
     /// Buffers of the assignment, allocated on first run and kept.
     private var buffers: [UnsafeMutablePointer<Float>] = []
 
@@ -150,7 +154,12 @@ struct Planner {
                         env[o] = .runtime(shape: shapes[i])
                     }
                 }
-                plan.steps.append(.init(nodeName: node.name, opType: node.opType, inputs: refs, outputs: outSlots, kernel: kernel))
+                var inPlace: [Int] = []
+                if let positions = Planner.inPlacePositions[node.opType], let out0 = shapes.first {
+                    inPlace = positions.filter { $0 < ins.count && ins[$0]?.shape == out0 }
+                }
+                plan.steps.append(.init(nodeName: node.name, opType: node.opType, inputs: refs, outputs: outSlots,
+                                        kernel: kernel, inPlaceInputs: inPlace))
             }
         }
         for info in graph.outputs {
@@ -165,9 +174,21 @@ struct Planner {
         assignBuffers(plan)
         logger.debug("built plan", metadata: ["steps": "\(plan.steps.count)", "folded": "\(foldedCount)",
                                               "slots": "\(plan.slots.count)", "buffers": "\(plan.bufferCapacities.count)",
-                                              "bufferFloats": "\(plan.totalBufferFloats)"])
+                                              "bufferFloats": "\(plan.totalBufferFloats)", "inPlace": "\(plan.inPlaceSteps)"])
         return plan
     }
+
+    /// Ops whose kernels allow output 0 to alias the listed inputs (same shape).
+    static let inPlacePositions: [String: [Int]] = {
+        var d: [String: [Int]] = [:]
+        for op in ["Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Neg", "Exp", "Sqrt",
+                   "Reciprocal", "Abs", "Floor", "Ceil", "Log", "Erf", "Softplus", "Elu", "Identity", "Dropout",
+                   "Reshape", "Flatten", "Squeeze", "Unsqueeze", "BatchNormalization", "PRelu", "Sum", "Mean", "Cast"] {
+            d[op] = [0]
+        }
+        for op in ["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"] { d[op] = [0, 1] }
+        return d
+    }()
 
     /// Liveness-based static buffer assignment: a slot's buffer returns to the free list after
     /// the last step that reads it (graph outputs are never freed). Deterministic best fit.
@@ -201,9 +222,23 @@ struct Planner {
         func release(_ slot: Int) { free.append(plan.slots[slot].buffer) }
         for (_, s) in plan.inputSlots { allocate(s) }
         for (_, s) in plan.inputSlots where lastUse[s] == -1 { release(s) }
+        var inPlaceCount = 0
         for (i, step) in plan.steps.enumerated() {
-            for s in step.outputs { allocate(s) }
             var released = Set<Int>()
+            var first = 0
+            if let out0 = step.outputs.first {
+                for pos in step.inPlaceInputs {
+                    guard case .slot(let s) = step.inputs[pos], lastUse[s] == i,
+                          plan.slots[s].count == plan.slots[out0].count else { continue }
+                    // The output takes the dying input's buffer; the input is not released.
+                    plan.slots[out0].buffer = plan.slots[s].buffer
+                    released.insert(s)
+                    first = 1
+                    inPlaceCount += 1
+                    break
+                }
+            }
+            for s in step.outputs.dropFirst(first) { allocate(s) }
             for case .slot(let s) in step.inputs where lastUse[s] == i && !released.contains(s) {
                 released.insert(s)
                 release(s)
@@ -211,6 +246,7 @@ struct Planner {
             for s in step.outputs where lastUse[s] == -1 { release(s) }
         }
         plan.bufferCapacities = caps
+        plan.inPlaceSteps = inPlaceCount
     }
 }
 
