@@ -28,10 +28,12 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
         .systemLibrary(name: "CImageCodecs", path: "Sources/CImageCodecs"),
 
+        // The two hot loops of histogram accumulation (Swift does not vectorise them; see bench-core).
+        .target(name: "CHistogramKernel", path: "Sources/CHistogramKernel"),
         // Pure-Swift math core: mergeable histograms, threshold search, cache/table/state formats.
         .target(
             name: "Calibration",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CHistogramKernel", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
         ),
         // File I/O for the core's formats: atomic writes (temp, fsync, rename), state/cache/table files.
@@ -79,7 +81,7 @@ let package = Package(
             ]
         ),
 
-        .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "CalibrationIO"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "CalibrationIO", "CHistogramKernel"], resources: [.copy("Fixtures")]),
         .testTarget(name: "EngineTests", dependencies: ["Engine"]),
         .testTarget(name: "DataTests", dependencies: ["Data"], exclude: ["Fixtures"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "CZeroMQ"]),

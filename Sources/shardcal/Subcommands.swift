@@ -6,5 +6,6 @@ extension Shardcal {
         MergeCommand.self,
         SearchCommand.self,
         InspectCommand.self,
+        BenchCoreCommand.self,
     ]
 }

@@ -277,3 +277,48 @@ func randomValues(_ count: Int, rng: inout SeededGenerator) -> [Float] {
         #expect(h.encoded().count < 80 + h.counts.count * 2)
     }
 }
+
+import CHistogramKernel
+
+@Suite struct HistogramKernelTests {
+    /// The C kernels against the plain-Swift reference loops, on blocks with every kind of value.
+    @Test(arguments: 0..<20)
+    func cKernelsMatchTheSwiftReference(seed: Int) {
+        var rng = SeededGenerator(seed: UInt64(seed) + 500)
+        let count = [1, 3, 255, 256, 257, 4096, 4095][seed % 7]
+        var block = randomValues(count, rng: &rng)
+        if seed % 4 == 1 { block[count / 2] = .nan }
+        if seed % 4 == 2 { block[0] = -.infinity }
+        block.withUnsafeBufferPointer { buffer in
+            var c = shc_scan_result()
+            shc_scan_block(buffer.baseAddress, buffer.count, &c)
+            let r = HistogramAccumulator.Reference.scanBlock(buffer)
+            #expect(c.max_magnitude_bits == r.maxMagnitudeBits)
+            #expect(c.min_key == r.minKey)
+            #expect(c.max_key == r.maxKey)
+            #expect(Int(c.zeros) == r.zeros)
+        }
+        // Binning: only finite values, with the layout of the block's max.
+        let finite = block.filter { $0.isFinite }
+        let maxAbs = finite.map(\.magnitude).max() ?? 0
+        guard maxAbs > 0 else { return }
+        let k = Histogram.requiredBinWidthLog2(forMaxAbs: maxAbs)
+        guard k >= -126 && k <= 126 else { return }
+        let stride = Int(SHC_LANE_BINS)
+        var fromC = [UInt16](repeating: 0, count: 4 * stride)
+        var fromSwift = [UInt16](repeating: 0, count: 4 * stride)
+        finite.withUnsafeBufferPointer { buffer in
+            fromC.withUnsafeMutableBufferPointer {
+                shc_bin_block(buffer.baseAddress, buffer.count, Float(sign: .plus, exponent: -k, significand: 1), $0.baseAddress)
+            }
+            fromSwift.withUnsafeMutableBufferPointer {
+                HistogramAccumulator.Reference.binBlockIntoLanes(buffer, k: k, sub: $0.baseAddress!, laneStride: stride)
+            }
+        }
+        // Lane assignment of the tail may differ; the per-bin totals must not.
+        let totalC = (0..<stride).map { j in (0..<4).reduce(0) { $0 + Int(fromC[$1 * stride + j]) } }
+        let totalSwift = (0..<stride).map { j in (0..<4).reduce(0) { $0 + Int(fromSwift[$1 * stride + j]) } }
+        #expect(totalC == totalSwift)
+        #expect(totalC.reduce(0, +) == finite.count)
+    }
+}

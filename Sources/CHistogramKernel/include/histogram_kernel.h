@@ -1,0 +1,32 @@
+#ifndef SHARDCAL_HISTOGRAM_KERNEL_H
+#define SHARDCAL_HISTOGRAM_KERNEL_H
+/*
+ * The two hot loops of Histogram.accumulate, in C because Swift does not vectorise the scan
+ * (measured: scripts/bench-core). The Swift versions in HistogramAccumulator are the reference
+ * these are tested against.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+/* Number of bins per lane and number of interleaved lanes used by shc_bin_block. */
+#define SHC_LANE_BINS 4096
+#define SHC_LANES 4
+
+typedef struct {
+    uint32_t max_magnitude_bits; /* max over (bits & 0x7fffffff); >= 0x7f800000 means NaN/Inf present */
+    int32_t min_key;             /* min of the total-order key of each value (see Histogram.orderKey) */
+    int32_t max_key;
+    uint32_t zeros;              /* values equal to +0 or -0 */
+} shc_scan_result;
+
+/* One pass over n values' bit patterns: max |x| bits, total-order min/max keys, zero count. */
+void shc_scan_block(const float *values, size_t n, shc_scan_result *out);
+
+/*
+ * Adds each value to lanes[lane * SHC_LANE_BINS + (int)(|x| * scale)], lane = position % 4 in
+ * groups of four. All values must be finite and (int)(|x| * scale) < SHC_LANE_BINS.
+ * Lanes are 16-bit: the caller flushes them before any lane bin can exceed 65535.
+ */
+void shc_bin_block(const float *values, size_t n, float scale, uint16_t *lanes);
+
+#endif
