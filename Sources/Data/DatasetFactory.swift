@@ -2,6 +2,11 @@ import Logging
 
 /// Builds the built-in sources from a ``DatasetConfig``.
 public enum DatasetFactory {
+    /// The dataset of a loaded job (its paths are already resolved).
+    public static func make(job: JobConfig, logger: Logger? = nil) throws -> any CalibrationDataset {
+        try make(config: job.dataset, baseDirectory: job.baseDirectory, logger: logger)
+    }
+
     /// - Parameters:
     ///   - config: the dataset section of a job (paths already resolved by ``JobConfig/load(path:overrides:checkFiles:)``).
     ///   - baseDirectory: folder that relative paths in `config` are resolved against.
