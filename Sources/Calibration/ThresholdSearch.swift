@@ -1,3 +1,4 @@
+import CHistogramKernel
 import Foundation
 
 /// How the clipping threshold (amax) of a tensor is chosen from its |x| histogram.
@@ -112,14 +113,14 @@ public enum ThresholdSearch {
         }
         let total = prefixCount[n]
 
+        // Screening: every candidate's divergence from the prefix sums (C kernel, vectorised).
         var fast = [Double](repeating: .infinity, count: n + 1)
-        var best = Double.infinity
-        for i in startBin...n {
-            let d = fastDivergence(i: i, c: c, total: total, prefixCount: prefixCount,
-                                   prefixNonZero: prefixNonZero, prefixCLogC: prefixCLogC)
-            fast[i] = d
-            if d < best { best = d }
+        fast.withUnsafeMutableBufferPointer { out in
+            shc_entropy_screen(prefixCount, prefixNonZero.map { Int32($0) }, prefixCLogC, c, n, startBin,
+                               out.baseAddress! + startBin)
         }
+        var best = Double.infinity
+        for i in startBin...n where fast[i] < best { best = fast[i] }
         guard best.isFinite else {
             // Cannot happen for a histogram whose last bin is non-empty (i = n is finite);
             // an arbitrary external histogram may end in empty bins: keep everything.

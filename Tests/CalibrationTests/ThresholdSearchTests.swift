@@ -209,3 +209,36 @@ enum NaiveSearch {
         }
     }
 }
+
+import CHistogramKernel
+
+@Suite struct EntropyScreenKernelTests {
+    /// The C screening kernel (with its own logarithm) against the Swift reference formula.
+    @Test(arguments: 0..<8)
+    func screeningMatchesTheSwiftReference(seed: Int) {
+        var raw = ThresholdSearchOracleTests.randomCounts(seed: seed + 40)
+        if seed % 2 == 1 { raw = raw.map { $0 &* 1_000_003 } }   // large counts
+        var c = raw.map { Double($0) }
+        c[0] = c[1]
+        let n = c.count
+        var pc = [Double](repeating: 0, count: n + 1), pcl = [Double](repeating: 0, count: n + 1)
+        var pnz = [Int](repeating: 0, count: n + 1)
+        for j in 0..<n {
+            pc[j + 1] = pc[j] + c[j]
+            pnz[j + 1] = pnz[j] + (c[j] != 0 ? 1 : 0)
+            pcl[j + 1] = pcl[j] + (c[j] > 0 ? c[j] * log(c[j]) : 0)
+        }
+        var out = [Double](repeating: 0, count: n + 1 - 128)
+        shc_entropy_screen(pc, pnz.map { Int32($0) }, pcl, c, n, 128, &out)
+        for i in 128...n {
+            let reference = ThresholdSearch.fastDivergence(i: i, c: c, total: pc[n], prefixCount: pc,
+                                                           prefixNonZero: pnz, prefixCLogC: pcl)
+            let fromC = out[i - 128]
+            if reference.isInfinite {
+                #expect(fromC.isInfinite, "i = \(i)")
+            } else {
+                #expect(abs(fromC - reference) <= 1e-11 * max(1, abs(reference)), "i = \(i): \(fromC) vs \(reference)")
+            }
+        }
+    }
+}

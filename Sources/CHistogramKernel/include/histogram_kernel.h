@@ -29,4 +29,17 @@ void shc_scan_block(const float *values, size_t n, shc_scan_result *out);
  */
 void shc_bin_block(const float *values, size_t n, float scale, uint16_t *lanes);
 
+/*
+ * Screening pass of the entropy (KL) threshold search: for every candidate i in [first, n],
+ * out[i - first] = KL divergence computed from prefix sums (see ThresholdSearch.fastDivergence,
+ * the Swift reference), with a vectorisable logarithm accurate to about 1e-15 relative. The
+ * caller re-evaluates the candidates near the minimum exactly.
+ *   prefix_count[j]    = sum of c[0..j-1] (n + 1 entries)
+ *   prefix_nonzero[j]  = number of non-zero c[0..j-1]
+ *   prefix_clogc[j]    = sum of c*log(c) over c[0..j-1]
+ *   c                  = the counts (bin 0 already replaced by bin 1)
+ */
+void shc_entropy_screen(const double *prefix_count, const int32_t *prefix_nonzero, const double *prefix_clogc,
+                        const double *c, size_t n, size_t first, double *out);
+
 #endif
