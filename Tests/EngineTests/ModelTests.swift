@@ -126,3 +126,29 @@ struct FetchedModelTests {
         try ModelTests().checkAgainstORT(name)
     }
 }
+
+@Suite("infer dump")
+struct TensorDumpTests {
+    @Test("writes outputs and activations as .npy with an index matching ORT", .enabled(if: fixturesReady("fmnist"), "run scripts/make-fixtures (needs ../shared)"))
+    func dump() throws {
+        let fx = try ORTFixture("fmnist")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("engine-dump-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let s = try InferenceSession(modelPath: fx.modelPath)
+        try TensorDump.run(session: s, feeds: fx.inputs, outputDirectory: dir, activations: .all)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/index.json"))) as! [String: Any]
+        let tensors = json["tensors"] as! [[String: Any]]
+        let acts = tensors.filter { $0["kind"] as? String == "activation" }
+        #expect(acts.count == (try s.tappableTensors()).count)
+        var byName: [String: String] = [:]
+        for t in tensors { byName[t["name"] as! String] = t["file"] as? String }
+        for (name, ref) in fx.outputs.merging(fx.intermediates, uniquingKeysWith: { a, _ in a }) {
+            let file = try #require(byName[name], "\(name) not in index")
+            #expect(!file.contains("/"))
+            let got = try NPY.read(path: dir + "/" + file), want = try fx.load(ref)
+            #expect(got.shape == want.shape, "\(name)")
+            #expect(toleranceExcess(got.data, want.data) <= 0, "\(name)")
+        }
+        #expect(tensors.contains { $0["kind"] as? String == "output" && $0["name"] as? String == "logits" })
+    }
+}
