@@ -36,6 +36,7 @@ struct BenchEngineCommand: ParsableCommand {
     var outputNpy: String?
 
     func run() throws {
+        Kernels.setUp()
         let session = try InferenceSession(modelPath: model, options: SessionOptions(threads: threads))
         guard let info = session.inputs.first else { throw ValidationError("model has no input") }
         let x: Tensor

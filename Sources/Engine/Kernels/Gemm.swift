@@ -96,6 +96,12 @@ struct GemmSplit: Equatable {
 }
 
 extension Kernels {
+    /// Runs the one-time OpenBLAS setup now (single-threaded BLAS; on CPUs OpenBLAS 0.3.21 does not
+    /// know, replacing its SSE3 fallback kernels, which briefly sets OPENBLAS_CORETYPE in the process
+    /// environment). It otherwise happens on the first kernel call; call this early in `main`, before
+    /// other threads start, so the environment change cannot race with another thread's getenv.
+    public static func setUp() { _ = BLASSetup.once }
+
     /// Name of the OpenBLAS kernel set in use (after the one-time setup), for benchmark reports.
     public static var blasCoreName: String { _ = BLASSetup.once; return BLASSetup.coreName }
     /// "<detected> -> <used>" when the setup replaced a fallback core OpenBLAS picked, else nil.
