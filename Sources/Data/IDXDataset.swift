@@ -101,18 +101,29 @@ public struct IDXDataset: LabeledCalibrationDataset {
 /// Bytes of an IDX file: a mapping (plain) or an inflated prefix (gzip).
 final class IDXStorage: @unchecked Sendable { // immutable after init
     let mapped: MappedFile?
-    let inflated: [UInt8]
+    /// Inflated bytes (gzip input), owned by this object.
+    let inflated: UnsafeMutableRawBufferPointer?
     let dataOffset: Int
 
     init(mapped: MappedFile?, inflated: [UInt8], dataOffset: Int) {
         self.mapped = mapped
-        self.inflated = inflated
+        if mapped == nil {
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(inflated.count, 1), alignment: 16)
+            inflated.withUnsafeBytes { buffer.copyMemory(from: $0) }
+            self.inflated = UnsafeMutableRawBufferPointer(rebasing: buffer[0 ..< inflated.count])
+        } else {
+            self.inflated = nil
+        }
         self.dataOffset = dataOffset
+    }
+
+    deinit {
+        inflated?.baseAddress.map { $0.deallocate() }
     }
 
     var bytes: UnsafeRawBufferPointer {
         if let mapped { return mapped.bytes }
-        return inflated.withUnsafeBytes { $0 } // stable: the array is immutable and owned by self
+        return UnsafeRawBufferPointer(inflated!)
     }
 
     static func parseHeader(_ b: UnsafeRawBufferPointer, path: String) throws -> (dims: [Int], dataOffset: Int) {
