@@ -102,16 +102,20 @@ void shc_entropy_screen(const double *prefix_count, const int32_t *prefix_nonzer
             continue;
         }
         double p_log_p = prefix_clogc[i - 1] + (p_last > 0 ? p_last * shc_log(p_last) : 0.0);
-        /* Sum over the 128 levels of t * log(t / nz); level l covers [ceil(l*i/128), ceil((l+1)*i/128)). */
-        double p_log_q = 0.0;
+        /* Sum over the 128 levels of t * log(t / nz); level l covers [ceil(l*i/128), ceil((l+1)*i/128)).
+         * The terms go to an array first so the loop vectorises (a running floating-point sum would
+         * pin the order), then they are added in a fixed order. */
+        double terms[128];
         for (size_t l = 0; l < 128; l++) {
             size_t start = (l * i + 127) >> 7;
             size_t end = ((l + 1) * i + 127) >> 7;
             double t = prefix_count[end] - prefix_count[start];
             double nz = (double)(prefix_nonzero[end] - prefix_nonzero[start]);
             double ratio = t > 0 ? t / nz : 1.0;
-            p_log_q += t * shc_log(ratio);
+            terms[l] = t * shc_log(ratio);
         }
+        double p_log_q = 0.0;
+        for (size_t l = 0; l < 128; l++) p_log_q += terms[l];
         /* The outliers sit on the last level's last bin. */
         {
             size_t start = (127 * i + 127) >> 7;
