@@ -165,14 +165,14 @@ func wildcardMatch(_ pattern: String, _ text: String) -> Bool {
 }
 
 public struct CacheHeaderConfig: Sendable, Hashable {
-    /// TensorRT version number in the header, e.g. 8600 for `TRT-8600-EntropyCalibration2`.
-    public var tensorRTVersion: Int = 8600
+    /// TensorRT version number in the header, e.g. 8601 for `TRT-8601-EntropyCalibration2` (default 8601, as the Calibration module).
+    public var tensorRTVersion: Int = 8601
     /// Algorithm name in the header.
     public var algorithm: String = "EntropyCalibration2"
     public static let knownAlgorithms = ["EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration"]
-    /// The cache's first line, e.g. `TRT-8600-EntropyCalibration2`.
+    /// The cache's first line, e.g. `TRT-8601-EntropyCalibration2`.
     public var headerLine: String { "TRT-\(tensorRTVersion)-\(algorithm)" }
-    public init(tensorRTVersion: Int = 8600, algorithm: String = "EntropyCalibration2") {
+    public init(tensorRTVersion: Int = 8601, algorithm: String = "EntropyCalibration2") {
         self.tensorRTVersion = tensorRTVersion
         self.algorithm = algorithm
     }

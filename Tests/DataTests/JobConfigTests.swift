@@ -15,7 +15,7 @@ import Testing
         #expect(c.dataset.preprocessing.scale == Float(1.0 / 255.0))
         #expect(c.shardSize == 50)
         #expect(c.methods == [.entropy, .percentile(99.99), .mse, .max])
-        #expect(c.outputs.cacheHeader.headerLine == "TRT-8600-EntropyCalibration2")
+        #expect(c.outputs.cacheHeader.headerLine == "TRT-8601-EntropyCalibration2")
         #expect(c.outputs.cachePath == Self.configDir + "/../out/demo/fashion-mnist.cache")
         #expect(c.cluster.creditsPerWorker == 2 && c.cluster.workerTimeout == 10 && c.cluster.checkpointEveryResults == 16)
     }
