@@ -56,6 +56,17 @@ static inline void shardcal_dw_plane_avx512(const float *pad, float *dst, const 
     }
 }
 
+/* Bit m (0..15) set when column s + m lies in [0, W). */
+static inline unsigned shardcal_span_mask(long s, long W) {
+    long first = s < 0 ? -s : 0;          /* first valid lane */
+    long end = W - s;                     /* one past the last valid lane */
+    if (end > 16) end = 16;
+    if (end <= first) return 0;
+    unsigned upto = end >= 16 ? 0xFFFFu : ((1u << end) - 1u);
+    unsigned from = first >= 16 ? 0xFFFFu : ((1u << first) - 1u);
+    return upto & ~from;
+}
+
 /* Depthwise conv, one plane, read directly from the unpadded input (no staging copy): AVX-512
  * masked loads zero the taps that fall in the padding (and never touch memory outside the row).
  * Column strides 1 and 2 only (returns 0 otherwise, or when kw > 16). Per output element the
@@ -75,13 +86,8 @@ static inline int shardcal_dw_direct_avx512(const float *src, float *dst, const 
         for (long j = 0; j < kw; j++) {
             /* lane l reads input column c0 + l*sw */
             c0[j] = xb * sw + j * dw - pl;
-            unsigned lo = 0, hi = 0;
-            for (long m = 0; m < 16; m++) {
-                long c = c0[j] + m;
-                if (c >= 0 && c < W) lo |= 1u << m;
-                c = c0[j] + 16 + m;
-                if (c >= 0 && c < W) hi |= 1u << m;
-            }
+            /* lanes m of the span starting at column s with s + m in [0, W) */
+            unsigned lo = shardcal_span_mask(c0[j], W), hi = shardcal_span_mask(c0[j] + 16, W);
             if (sw == 1) lo &= storeMask; /* lanes past the output are never needed */
             mlo[j] = (__mmask16)lo; mhi[j] = (__mmask16)hi;
         }
