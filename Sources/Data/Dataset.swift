@@ -117,6 +117,16 @@ public enum DataError: Error, Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The same error, attributed to sample `index` where the case carries one.
+    func withIndex(_ index: Int) -> DataError {
+        switch self {
+        case let .fileNotFound(path, _): return .fileNotFound(path: path, index: index)
+        case let .unreadable(path, _, reason): return .unreadable(path: path, index: index, reason: reason)
+        case let .invalidFormat(path, reason): return .corruptSample(path: path, index: index, reason: reason)
+        default: return self
+        }
+    }
+
     /// The sample index this error is about, if any (used for skip-and-count reports).
     var sampleIndex: Int? {
         switch self {

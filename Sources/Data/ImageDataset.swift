@@ -5,7 +5,7 @@ import Glibc
 import Darwin
 #endif
 
-/// JPEG/PNG files from a folder (recursive, sorted by path bytes) or from a list file (one path
+/// JPEG/PNG files from a folder (recursive, hidden files skipped, sorted by relative path bytes) or from a list file (one path
 /// per line, in list order; relative paths are relative to the list file's folder; blank lines
 /// and lines starting with `#` are ignored). Each sample is decoded and preprocessed on demand.
 public struct ImageDataset: CalibrationDataset {
@@ -38,8 +38,21 @@ public struct ImageDataset: CalibrationDataset {
             if case .shorterSide? = preprocessing.resize {
                 throw DataError.unsupported("a shorter-side resize without a centre crop gives samples of varying size; add center_crop")
             }
-            let image = try ImageDecoder.decodeRGB(path: first)
-            self.outputSize = preprocessing.outputSize(inputWidth: image.width, inputHeight: image.height)
+            // The first readable image fixes the size; under skip-and-count unreadable leading images are passed over
+            // here and reported when their samples are loaded.
+            var size: Preprocessing.Size?
+            for (index, path) in paths.enumerated() {
+                do {
+                    let image = try ImageDecoder.decodeRGB(path: path)
+                    size = preprocessing.outputSize(inputWidth: image.width, inputHeight: image.height)
+                    break
+                } catch {
+                    if policy == .failFast { throw (error as? DataError).map { $0.withIndex(index) } ?? error }
+                    logger?.warning("image cannot give the sample size", metadata: ["path": "\(path)", "error": "\(error)"])
+                }
+            }
+            guard let size else { throw DataError.emptyDataset(path: first + " (no readable image)") }
+            self.outputSize = size
         }
         self.sampleShape = preprocessing.sampleShape(for: self.outputSize)
     }

@@ -210,6 +210,16 @@ struct PreprocessingCase: CustomTestStringConvertible, Sendable {
         #expect(all == pieces)
     }
 
+    @Test func unreadableFirstImageWithoutFixedSize() throws {
+        let paths = [Fixtures.path("corrupt/truncated.jpg"), Fixtures.path("images/a_420.jpg")]
+        let error = dataError { _ = try ImageDataset(paths: paths, preprocessing: Preprocessing()) }
+        #expect(error.map { if case .corruptSample(_, 0, _) = $0 { true } else { false } } == true)
+        let ds = try ImageDataset(paths: paths, preprocessing: Preprocessing(), policy: .skipAndCount)
+        #expect(ds.sampleShape == [3, 31, 45])
+        let (_, report) = try ds.loadSamples(0 ..< 2)
+        #expect(report.loadedIndices == [1] && report.skipped.map(\.index) == [0])
+    }
+
     @Test func bufferAndRangeChecks() throws {
         let ds = try ImageDataset(paths: [Fixtures.path("images/a_420.jpg")], preprocessing: Preprocessing())
         var small = [Float](repeating: 0, count: 10)
