@@ -298,3 +298,66 @@ struct TapTests {
         #expect(try s.tappableTensors(TapFilter(includeOpTypes: ["Relu"])).map(\.name) == ["r"])
     }
 }
+
+@Suite("Ops: older opset forms and ConvTranspose")
+struct OpsetFormTests {
+    @Test("ConvTranspose stride 2 (no pads), with pads, and stride 1 overlap")
+    func convTranspose() throws {
+        var b = MB(); b.input("x", [1, 1, 2, 2]); for o in ["a", "p", "s"] { b.output(o) }
+        b.floats("w", [1, 1, 2, 2], [1, 1, 1, 1])
+        b.node("ConvTranspose", ["x", "w"], ["a"], [MB.attr("strides", ints: [2, 2])])
+        b.node("ConvTranspose", ["x", "w"], ["p"], [MB.attr("strides", ints: [2, 2]), MB.attr("pads", ints: [1, 1, 1, 1])])
+        b.node("ConvTranspose", ["x", "w"], ["s"])
+        let r = try b.session().run(["x": Tensor(shape: [1, 1, 2, 2], data: [1, 2, 3, 4])])
+        #expect(r["a"]!.shape == [1, 1, 4, 4])
+        #expect(r["a"]!.data == [1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4])
+        #expect(r["p"]!.shape == [1, 1, 2, 2]); #expect(r["p"]!.data == [1, 2, 3, 4])
+        // stride 1: each output sums the inputs whose 2×2 footprint covers it
+        #expect(r["s"]!.shape == [1, 1, 3, 3]); #expect(r["s"]!.data == [1, 3, 2, 4, 10, 6, 3, 7, 4])
+    }
+
+    @Test("opset 9: Slice/Clip/Pad attributes, Upsample scales input, Dropout with mask declared")
+    func opset9() throws {
+        var b = MB(); b.opset = 9; b.input("x", [1, 1, 2, 3]); for o in ["sl", "cl", "pd", "up", "dr"] { b.output(o) }
+        b.node("Slice", ["x"], ["sl"], [MB.attr("starts", ints: [1]), MB.attr("ends", ints: [1000]), MB.attr("axes", ints: [3])])
+        b.node("Clip", ["x"], ["cl"], [MB.attr("min", float: 2), MB.attr("max", float: 4)])
+        b.node("Pad", ["x"], ["pd"], [MB.attr("pads", ints: [0, 0, 0, 1, 0, 0, 0, 0]), MB.attr("value", float: -1)])
+        b.floats("sc", [4], [1, 1, 2, 1])
+        b.node("Upsample", ["x", "sc"], ["up"])
+        b.node("Dropout", ["x"], ["dr", "mask"])
+        let x: [Float] = [1, 2, 3, 4, 5, 6]
+        let r = try b.session().run(["x": Tensor(shape: [1, 1, 2, 3], data: x)])
+        #expect(r["sl"]!.data == [2, 3, 5, 6])
+        #expect(r["cl"]!.data == [2, 2, 3, 4, 4, 4])
+        #expect(r["pd"]!.shape == [1, 1, 2, 4]); #expect(r["pd"]!.data == [-1, 1, 2, 3, -1, 4, 5, 6])
+        #expect(r["up"]!.shape == [1, 1, 4, 3]); #expect(r["up"]!.data == [1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6])
+        #expect(r["dr"]!.data == x)
+    }
+
+    @Test("Softmax opset 11 flattens from the axis")
+    func softmax11() throws {
+        var b = MB(); b.opset = 11; b.input("x", [1, 2, 2]); b.output("y")
+        b.node("Softmax", ["x"], ["y"])   // axis 1: softmax over the 4 values together
+        let y = try runSingle(b, ["x": Tensor(shape: [1, 2, 2], data: [0, 0, 0, 0])])
+        #expect(y.data == [0.25, 0.25, 0.25, 0.25])
+    }
+
+    @Test("Resize linear align_corners 2 -> 3")
+    func alignCorners() throws {
+        var b = MB(); b.input("x", [1, 1, 1, 2]); b.output("y")
+        b.ints("sizes", [4], [1, 1, 1, 3])
+        b.node("Resize", ["x", "", "", "sizes"], ["y"], [MB.attr("mode", string: "linear"),
+            MB.attr("coordinate_transformation_mode", string: "align_corners")])
+        let y = try runSingle(b, ["x": Tensor(shape: [1, 1, 1, 2], data: [2, 6])])
+        #expect(y.data == [2, 4, 6])
+    }
+
+    @Test("a truncated real model fails with EngineError", .enabled(if: EnginePaths.exists(EnginePaths.fmnistModel), "../shared absent"))
+    func truncatedRealModel() throws {
+        let bytes = try [UInt8](Data(contentsOf: EnginePaths.fmnistModel))
+        for frac in [0.1, 0.5, 0.9, 0.999] {
+            let cut = Array(bytes[..<Int(Double(bytes.count) * frac)])
+            #expect(throws: EngineError.self) { _ = try InferenceSession(modelData: cut, baseDirectory: nil) }
+        }
+    }
+}
