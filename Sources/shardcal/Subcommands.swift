@@ -6,6 +6,9 @@ extension Shardcal {
         MergeCommand.self,
         SearchCommand.self,
         InspectCommand.self,
+        InferCommand.self,
         BenchCoreCommand.self,
+        BenchEngineCommand.self,
+        BenchDataCommand.self,
     ]
 }
