@@ -446,3 +446,95 @@ struct KernelsDeterminismTests {
         return String(cString: p)
     }
 }
+
+@Suite("Kernels: fused clip")
+struct KernelsFusedClipTests {
+    @Test func fusedClipEqualsClipOfTheConvOutput() {
+        var rng = KernelTestRNG(seed: 31)
+        let shapes = [
+            // pointwise, column blocks / row blocks / single block
+            Conv2DGeometry(batch: 2, inChannels: 64, inHeight: 30, inWidth: 30, outChannels: 96, kernelHeight: 1, kernelWidth: 1),
+            Conv2DGeometry(batch: 1, inChannels: 512, inHeight: 7, inWidth: 7, outChannels: 384, kernelHeight: 1, kernelWidth: 1),
+            Conv2DGeometry(batch: 2, inChannels: 4, inHeight: 5, inWidth: 5, outChannels: 6, kernelHeight: 1, kernelWidth: 1, group: 2),
+            // im2col
+            Conv2DGeometry(batch: 2, inChannels: 3, inHeight: 33, inWidth: 35, outChannels: 8, kernelHeight: 3, kernelWidth: 3,
+                           strideH: 2, strideW: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1),
+            // depthwise, stride 1 and 2
+            Conv2DGeometry(batch: 2, inChannels: 6, inHeight: 20, inWidth: 37, outChannels: 6, kernelHeight: 5, kernelWidth: 5,
+                           padTop: 2, padLeft: 2, padBottom: 2, padRight: 2, group: 6),
+            Conv2DGeometry(batch: 1, inChannels: 5, inHeight: 21, inWidth: 21, outChannels: 5, kernelHeight: 3, kernelWidth: 3,
+                           strideH: 2, strideW: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1, group: 5),
+        ]
+        for g in shapes {
+            let x = rng.floats(g.batch * g.inChannels * g.inHeight * g.inWidth).map { $0 * 3 }
+            let w = rng.floats(g.outChannels * (g.inChannels / g.group) * g.kernelHeight * g.kernelWidth)
+            let b = rng.floats(g.outChannels)
+            let plain = kernelConv(x, w, b, g, threads: 1)
+            let count = plain.count
+            var y = [Float](repeating: .nan, count: count), clipped = y, expected = y
+            plain.withUnsafeBufferPointer { pp in
+                expected.withUnsafeMutableBufferPointer { ep in
+                    Kernels.Reference.clip(input: pp.baseAddress!, output: ep.baseAddress!, count: count, min: 0, max: 1.5)
+                }
+            }
+            for t in [1, 2] {
+                x.withUnsafeBufferPointer { xp in
+                    w.withUnsafeBufferPointer { wp in
+                        b.withUnsafeBufferPointer { bp in
+                            y.withUnsafeMutableBufferPointer { yp in
+                                clipped.withUnsafeMutableBufferPointer { cp in
+                                    Kernels.conv2d(input: xp.baseAddress!, weight: wp.baseAddress!, bias: bp.baseAddress!,
+                                                   output: yp.baseAddress!, geometry: g, scratch: KernelScratch(), threads: t,
+                                                   fusedClip: FusedClip(output: cp.baseAddress!, min: 0, max: 1.5))
+                                }
+                            }
+                        }
+                    }
+                }
+                #expect(y == plain, "\(g) threads \(t)")
+                #expect(clipped == expected, "\(g) threads \(t)")
+                #expect(expected.contains(0) && expected.contains(1.5), "test data should hit both bounds")
+                // In place: the output itself is clipped.
+                var inPlace = [Float](repeating: .nan, count: count)
+                x.withUnsafeBufferPointer { xp in
+                    w.withUnsafeBufferPointer { wp in
+                        b.withUnsafeBufferPointer { bp in
+                            inPlace.withUnsafeMutableBufferPointer { yp in
+                                Kernels.conv2d(input: xp.baseAddress!, weight: wp.baseAddress!, bias: bp.baseAddress!,
+                                               output: yp.baseAddress!, geometry: g, scratch: KernelScratch(), threads: t,
+                                               fusedClip: FusedClip(output: yp.baseAddress!, min: 0, max: 1.5))
+                            }
+                        }
+                    }
+                }
+                #expect(inPlace == expected, "\(g) threads \(t) in place")
+            }
+            // Depthwise shapes: every supported ISA (portable/AVX2 use the padded-copy path).
+            guard g.group == g.inChannels && g.outChannels == g.inChannels else { continue }
+            for isa in Kernels.VectorISA.allCases where isa.isSupported {
+                let ref = depthwiseConv(x, w, b, g, isa: isa, threads: 1, scratch: KernelScratch())
+                var yi = [Float](repeating: .nan, count: count), ci = yi, ei = yi
+                ref.withUnsafeBufferPointer { rp in
+                    ei.withUnsafeMutableBufferPointer { ep in
+                        Kernels.Reference.clip(input: rp.baseAddress!, output: ep.baseAddress!, count: count, min: 0, max: 1.5)
+                    }
+                }
+                x.withUnsafeBufferPointer { xp in
+                    w.withUnsafeBufferPointer { wp in
+                        b.withUnsafeBufferPointer { bp in
+                            yi.withUnsafeMutableBufferPointer { yp in
+                                ci.withUnsafeMutableBufferPointer { cp in
+                                    Kernels.depthwiseConv2d(input: xp.baseAddress!, weight: wp.baseAddress!, bias: bp.baseAddress!,
+                                                            output: yp.baseAddress!, geometry: g, scratch: KernelScratch(), threads: 2,
+                                                            isa: isa, fusedClip: FusedClip(output: cp.baseAddress!, min: 0, max: 1.5))
+                                }
+                            }
+                        }
+                    }
+                }
+                #expect(yi == ref, "\(g) \(isa)")
+                #expect(ci == ei, "\(g) \(isa)")
+            }
+        }
+    }
+}

@@ -15,16 +15,27 @@ extension Kernels {
         }
     }
 
+    /// Writes clip(y) for rows [r0, r1) × columns [p0, p1) of `planes` (row stride `plane`) into `clip`.
+    @inline(__always)
+    static func applyFusedClip(_ fused: FusedClip?, from y: UnsafeMutablePointer<Float>, base: Int, rows r0: Int, _ r1: Int,
+                               plane: Int, columns p0: Int, _ p1: Int) {
+        guard let fused else { return }
+        for r in r0..<r1 {
+            let o = base + r * plane + p0
+            clipRange(y + o, fused.output + o, p1 - p0, fused.min, fused.max)
+        }
+    }
+
     static func conv2dImpl(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                            output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry,
-                           scratch: KernelScratch, threads: Int) {
+                           scratch: KernelScratch, threads: Int, fusedClip: FusedClip? = nil) {
         precondition(g.group >= 1 && g.inChannels % g.group == 0 && g.outChannels % g.group == 0,
                      "conv2d: channels not divisible by group")
         let oh = g.outHeight, ow = g.outWidth
         if g.batch <= 0 || g.outChannels == 0 || oh <= 0 || ow <= 0 { return }
         if g.group == g.inChannels && g.outChannels == g.inChannels && g.group > 1 {
             depthwiseConv2d(input: input, weight: weight, bias: bias, output: output, geometry: g,
-                            scratch: scratch, threads: threads)
+                            scratch: scratch, threads: threads, fusedClip: fusedClip)
             return
         }
         prepareBLAS()
@@ -60,12 +71,14 @@ extension Kernels {
                     sgemmRaw(transA: false, transB: false, m: ocg, n: p1 - p0, k: kdim, alpha: 1,
                              a: wg, lda: kdim, b: myCol, ldb: p1 - p0, beta: 1, c: yg + p0, ldc: outPlane)
                 }
+                applyFusedClip(fusedClip, from: output, base: yg - output, rows: 0, ocg, plane: outPlane, columns: p0, p1)
             } else {
                 // Row blocks (pointwise only): output channels r0..<r1 of this group.
                 let r0 = blk * split.block, r1 = min(ocg, r0 + split.block)
                 fillBias(yg + r0 * outPlane, bias: bg.map { $0 + r0 }, channels: r1 - r0, plane: outPlane, from: 0, to: outPlane)
                 sgemmRaw(transA: false, transB: false, m: r1 - r0, n: outPlane, k: icg, alpha: 1,
                          a: wg + r0 * icg, lda: icg, b: xg, ldb: inPlane, beta: 1, c: yg + r0 * outPlane, ldc: outPlane)
+                applyFusedClip(fusedClip, from: output, base: yg - output, rows: r0, r1, plane: outPlane, columns: 0, outPlane)
             }
         }
     }

@@ -80,7 +80,8 @@ extension Kernels {
     /// uses `VectorISA.best`. Precondition: `isa.isSupported`.
     public static func depthwiseConv2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                        output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry,
-                                       scratch: KernelScratch, threads: Int, isa: VectorISA = .best) {
+                                       scratch: KernelScratch, threads: Int, isa: VectorISA = .best,
+                                       fusedClip: FusedClip? = nil) {
         precondition(g.group == g.inChannels && g.outChannels == g.inChannels, "depthwiseConv2d: not a depthwise geometry")
         precondition(isa.isSupported, "depthwiseConv2d: \(isa) not supported by this CPU")
         if g.batch <= 0 || g.inChannels == 0 || g.outHeight <= 0 || g.outWidth <= 0 { return }
@@ -94,6 +95,8 @@ extension Kernels {
                                               weight + c * g.kernelHeight * g.kernelWidth, bias?[c] ?? 0,
                                               g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
                                               g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft)
+                applyFusedClip(fusedClip, from: output, base: p * g.outHeight * g.outWidth, rows: 0, 1,
+                               plane: 0, columns: 0, g.outHeight * g.outWidth)
             }
             return
         }
@@ -133,6 +136,8 @@ extension Kernels {
                     depthwisePlane(pad: pad, dst: dst, weight: w, bias: b, offsets: offsets, plan: plan)
                 #endif
                 }
+                applyFusedClip(fusedClip, from: output, base: p * plan.oh * plan.ow, rows: 0, 1,
+                               plane: 0, columns: 0, plan.oh * plan.ow)
             }
         }
     }

@@ -64,12 +64,29 @@ public struct Pool2DGeometry: Sendable, Equatable {
     }
 }
 
+/// A Clip (or Relu: min 0, max +inf) fused into a kernel: `output` (same shape as the kernel's
+/// output) receives `x < min ? min : (x > max ? max : x)` of every output value, block by block
+/// while it is in cache. `output` may be the kernel's own output: then it is clipped in place (use
+/// that when nothing needs the unclipped values, e.g. no tap observes them).
+public struct FusedClip {
+    public var output: UnsafeMutablePointer<Float>
+    public var min: Float
+    public var max: Float
+    public init(output: UnsafeMutablePointer<Float>, min: Float, max: Float) {
+        self.output = output; self.min = min; self.max = max
+    }
+}
+
 public enum Kernels {
     /// Y = conv(X, W) + B. Handles groups, depthwise, dilation, stride, asymmetric pads.
+    /// With `fusedClip`, also writes clip(Y) (a following Clip/Relu) into `fusedClip.output` block by
+    /// block while Y is still in cache; Y itself is still written (so it can be tapped) unless
+    /// `fusedClip.output == output` (clip in place).
     public static func conv2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                               output: UnsafeMutablePointer<Float>, geometry: Conv2DGeometry,
-                              scratch: KernelScratch, threads: Int) {
-        conv2dImpl(input: input, weight: weight, bias: bias, output: output, geometry: geometry, scratch: scratch, threads: threads)
+                              scratch: KernelScratch, threads: Int, fusedClip: FusedClip? = nil) {
+        conv2dImpl(input: input, weight: weight, bias: bias, output: output, geometry: geometry, scratch: scratch,
+                   threads: threads, fusedClip: fusedClip)
     }
 
     /// ConvTranspose 2-D. Weight layout (C_in, C_out/group, kH, kW). Output dims given in geometry's
