@@ -52,7 +52,7 @@ let package = Package(
         .target(
             name: "Data",
             dependencies: [
-                "CImageCodecs",
+                "CImageCodecs", "Calibration",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),

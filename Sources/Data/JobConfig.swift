@@ -1,3 +1,5 @@
+import Calibration
+
 /// A calibration job, as described by one YAML file (see `Config/demo.yaml` and
 /// `Config/example-imagenet.yaml` for every key). Load with ``JobConfig/load(path:overrides:checkFiles:)``;
 /// every problem in the file is reported at once as ``JobConfigError/invalid(_:)``.
@@ -91,34 +93,6 @@ public struct DatasetConfig: Sendable, Hashable {
         self.extensions = extensions
         self.recursive = recursive
         self.preprocessing = preprocessing
-    }
-}
-
-/// A threshold search method.
-public enum CalibrationMethod: Sendable, Hashable, CustomStringConvertible {
-    /// TensorRT EntropyCalibrator2-style KL divergence minimisation (default).
-    case entropy
-    /// The given percentile of |x| (e.g. 99.99).
-    case percentile(Double)
-    /// Minimum mean squared quantisation error.
-    case mse
-    /// max |x|.
-    case max
-
-    public static let defaultPercentile = 99.99
-
-    public var name: String {
-        switch self {
-        case .entropy: return "entropy"
-        case .percentile: return "percentile"
-        case .mse: return "mse"
-        case .max: return "max"
-        }
-    }
-
-    public var description: String {
-        if case let .percentile(p) = self { return "percentile(\(p))" }
-        return name
     }
 }
 

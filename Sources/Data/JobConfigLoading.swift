@@ -1,3 +1,4 @@
+import Calibration
 import Yams
 
 extension JobConfig {
