@@ -230,6 +230,27 @@ struct KernelsGemmTests {
         }
     }
 
+    /// Products large enough to be cut into blocks (by columns, by rows), all transposes.
+    @Test(arguments: [(64, 1000, 200), (300, 100, 300)])
+    func blockedProductsMatchReferenceForAnyThreadCount(shape: (Int, Int, Int)) {
+        let (m, n, k) = shape
+        var rng = KernelTestRNG(seed: UInt64(m * n + k))
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let lda = ta ? m : k, ldb = tb ? k : n
+            let a = rng.floats(m * k), b = rng.floats(k * n), c = rng.floats(m * n)
+            let ref = run(ta, tb, m: m, n: n, k: k, alpha: 1, beta: 1, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: n,
+                          threads: 1, reference: true)
+            let one = run(ta, tb, m: m, n: n, k: k, alpha: 1, beta: 1, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: n,
+                          threads: 1, reference: false)
+            #expect(kernelMaxAbsDiff(one, ref) <= 4e-6 * Float(k) + 1e-5, "m \(m) n \(n) k \(k) ta \(ta) tb \(tb)")
+            for t in [2, 3] {
+                let other = run(ta, tb, m: m, n: n, k: k, alpha: 1, beta: 1, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: n,
+                                threads: t, reference: false)
+                #expect(other == one, "threads \(t): m \(m) n \(n) k \(k) ta \(ta) tb \(tb)")
+            }
+        }
+    }
+
     @Test func randomShapesMatchReference() {
         var rng = KernelTestRNG(seed: 9)
         for trial in 0..<60 {
