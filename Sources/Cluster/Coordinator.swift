@@ -18,6 +18,8 @@ public struct CoordinatorConfig: Sendable {
     public var config: [UInt8]
     /// Model file bytes, sent to workers that do not have `modelDigest` cached.
     public var model: [UInt8]
+    /// Folder the config's relative paths resolve against (sent to workers).
+    public var configBaseDirectory: String = ""
     public var shards: [ShardSpec]
     /// Heartbeat period, both directions (seconds).
     public var heartbeatInterval: Double = 1.0
@@ -44,6 +46,8 @@ public struct CoordinatorConfig: Sendable {
     /// After finishing, keep re-publishing the result (every 0.5 s) and answering STATUS this long, for late subscribers.
     public var publishHoldSeconds: Double = 0
     public var limits: WireLimits = .default
+    /// Stop (checkpointing, as on SIGINT) if the run takes longer than this (seconds); nil = no limit.
+    public var runTimeout: Double? = nil
 
     public init(endpoint: String, publishEndpoint: String? = nil, jobID: String, toolVersion: String,
                 modelDigest: String, configDigest: String, config: [UInt8], model: [UInt8], shards: [ShardSpec]) {
@@ -244,6 +248,7 @@ struct CoordinatorLoop {
             let r = try ZMQSocket(owner.context, type: .router)
             try r.setLinger(0)
             try r.setMaxMessageSize(cfg.limits.coordinatorMaxFrameBytes)
+            try r.setRouterHandover(true)
             try r.setSendHighWaterMark(10_000)
             try r.setReceiveHighWaterMark(10_000)
             try r.bind(cfg.endpoint)
@@ -283,6 +288,7 @@ struct CoordinatorLoop {
             let now = monotonicSeconds()
             if scheduler.isFinished { return try finish() }
             if owner.isStopRequested { try stop(reason: "stop requested") }
+            if let limit = cfg.runTimeout, now - startTime > limit { try stop(reason: "run timeout of \(limit) s reached") }
 
             // Leases to workers with free credit.
             for (key, shard) in scheduler.assign(now: now) {
@@ -412,7 +418,7 @@ struct CoordinatorLoop {
         send(.job(Job(jobID: cfg.jobID, toolVersion: cfg.toolVersion, modelDigest: cfg.modelDigest,
                       configDigest: cfg.configDigest, heartbeatIntervalMs: Int(cfg.heartbeatInterval * 1000),
                       livenessTimeoutMs: Int(cfg.livenessTimeout * 1000), config: cfg.config,
-                      model: includeModel ? cfg.model : [])), to: key)
+                      model: includeModel ? cfg.model : [], configBaseDirectory: cfg.configBaseDirectory)), to: key)
     }
 
     mutating func refuse(_ key: [UInt8], name who: String, _ refusal: Refuse) {
@@ -594,8 +600,9 @@ struct CoordinatorLoop {
         }
     }
 
+    /// Tells every worker ever admitted (also those dropped as silent but perhaps alive) that the run is over.
     func broadcastDone(_ done: Done) {
-        for key in scheduler.workers.keys { send(.done(done), to: key) }
+        for key in scheduler.everAdmitted { send(.done(done), to: key) }
     }
 
     func name(of key: [UInt8]) -> String {

@@ -24,8 +24,12 @@ public struct ReceivedJob: Sendable {
     public var model: [UInt8]
     /// Path of the model in the worker's cache directory, when it has one.
     public var modelPath: String?
+    /// Folder the config's relative paths resolve against.
+    public var configBaseDirectory: String
 
-    public init(jobID: String, modelDigest: String, configDigest: String, config: [UInt8], model: [UInt8], modelPath: String?) {
+    public init(jobID: String, modelDigest: String, configDigest: String, config: [UInt8], model: [UInt8], modelPath: String?,
+                configBaseDirectory: String = "") {
+        self.configBaseDirectory = configBaseDirectory
         self.jobID = jobID
         self.modelDigest = modelDigest
         self.configDigest = configDigest

@@ -125,6 +125,7 @@ struct WorkerIO {
     var backoff: Double
     let startTime = monotonicSeconds()
     var outstanding: Set<Int> = []
+    var computeControl: ComputeControl?
 
     init(worker: Worker) {
         self.worker = worker
@@ -167,6 +168,7 @@ struct WorkerIO {
     }
 
     mutating func shutdown() {
+        computeControl?.stop()
         if let pipe {
             _ = try? pipe.send([Array("STOP".utf8)], dontWait: true)
             pipe.close()
@@ -295,11 +297,13 @@ struct WorkerIO {
         livenessTimeout = Double(max(100, j.livenessTimeoutMs)) / 1000
         job = j
         let received = ReceivedJob(jobID: j.jobID, modelDigest: j.modelDigest, configDigest: j.configDigest,
-                                   config: j.config, model: model, modelPath: modelPath)
+                                   config: j.config, model: model, modelPath: modelPath,
+                                   configBaseDirectory: j.configBaseDirectory)
         try startCompute(received)
     }
 
     mutating func startCompute(_ job: ReceivedJob) throws {
+        computeControl?.stop()
         if let old = pipe {
             _ = try? old.send([Array("STOP".utf8)], dontWait: true)
             old.close()
@@ -312,7 +316,9 @@ struct WorkerIO {
             try p.bind(pipeEndpoint)
             pipe = p
         } catch let e as ZMQError { throw WorkerError.socket(e) }
-        let compute = ComputeLoop(worker: worker, endpoint: pipeEndpoint, job: job)
+        let control = ComputeControl()
+        computeControl = control
+        let compute = ComputeLoop(worker: worker, control: control, endpoint: pipeEndpoint, job: job)
         let t = Thread { compute.run() }
         t.name = "shardcal-compute"
         t.stackSize = 16 << 20
@@ -337,9 +343,18 @@ struct WorkerIO {
     }
 }
 
+/// Tells one compute thread to finish (a STOP message can be lost when its pipe closes first).
+final class ComputeControl: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stopped = false
+    func stop() { lock.withLock { stopped = true } }
+    var isStopped: Bool { lock.withLock { stopped } }
+}
+
 /// The compute thread: builds the ShardComputer, then computes leases one at a time.
 struct ComputeLoop: Sendable {
     let worker: Worker
+    let control: ComputeControl
     let endpoint: String
     let job: ReceivedJob
 
@@ -357,8 +372,12 @@ struct ComputeLoop: Sendable {
             return
         }
         _ = try? pipe.send([Array("UP".utf8)])
-        while !worker.isStopping {
-            guard let frames = try? pipe.receive(), let kind = frames.first else { continue }
+        while !worker.isStopping && !control.isStopped {
+            let received: [[UInt8]]?
+            do { received = try pipe.receive() } catch {
+                return // ETERM (context terminating) or a closed pipe: nothing more will come
+            }
+            guard let frames = received, let kind = frames.first else { continue }
             if kind == Array("STOP".utf8) { return }
             guard frames.count == 2, case .lease(let lease)? = try? WireCodec.decode([WireCodec.tag, Array("LEASE".utf8), frames[1]]) else {
                 continue
@@ -369,12 +388,14 @@ struct ComputeLoop: Sendable {
                 let tensors = try computer.computeShard(id: lease.shard, indices: lease.indices)
                 reply = .result(ShardResult(shard: lease.shard, sampleCount: lease.indices.count,
                                             computeSeconds: monotonicSeconds() - start, tensors: tensors))
+            } catch let e as ShardFailure {
+                reply = .fail(Fail(shard: lease.shard, file: e.failingFile, reason: e.reason))
             } catch let e as FileNamingError {
                 reply = .fail(Fail(shard: lease.shard, file: e.failingFile, reason: "\(e)"))
             } catch {
                 reply = .fail(Fail(shard: lease.shard, file: nil, reason: "\(error)"))
             }
-            if worker.isAbandoned { return }
+            if worker.isAbandoned || control.isStopped { return }
             _ = try? pipe.send(WireCodec.encode(reply), dontWait: true)
         }
     }

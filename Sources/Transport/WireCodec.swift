@@ -95,7 +95,8 @@ public enum WireCodec {
         case .job(let j):
             let header = Job.Header(job_id: j.jobID, tool_version: j.toolVersion, model_digest: j.modelDigest,
                                     config_digest: j.configDigest, heartbeat_interval_ms: j.heartbeatIntervalMs,
-                                    liveness_timeout_ms: j.livenessTimeoutMs, model_included: !j.model.isEmpty)
+                                    liveness_timeout_ms: j.livenessTimeoutMs, model_included: !j.model.isEmpty,
+                                    config_base_directory: j.configBaseDirectory)
             return [tag, type, json(header), j.config, j.model]
         case .result(let r):
             let header = ShardResult.Header(shard: r.shard, sample_count: r.sampleCount,
@@ -184,7 +185,8 @@ public enum WireCodec {
             }
             return .job(Job(jobID: h.job_id, toolVersion: h.tool_version, modelDigest: h.model_digest,
                             configDigest: h.config_digest, heartbeatIntervalMs: h.heartbeat_interval_ms,
-                            livenessTimeoutMs: h.liveness_timeout_ms, config: frames[3], model: frames[4]))
+                            livenessTimeoutMs: h.liveness_timeout_ms, config: frames[3], model: frames[4],
+                            configBaseDirectory: h.config_base_directory ?? ""))
         case "RESULT":
             try expectFrames(4)
             let h = try decodeJSON(ShardResult.Header.self, frames[2], type: type, limits: limits)

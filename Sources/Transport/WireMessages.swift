@@ -43,9 +43,14 @@ public struct Job: Sendable, Equatable {
     public var config: [UInt8]
     /// The model file, or empty if only the digest is sent.
     public var model: [UInt8]
+    /// Folder the config's relative paths are resolved against (the coordinator's; workers need the
+    /// same layout or shared storage).
+    public var configBaseDirectory: String
 
     public init(jobID: String, toolVersion: String, modelDigest: String, configDigest: String,
-                heartbeatIntervalMs: Int, livenessTimeoutMs: Int, config: [UInt8], model: [UInt8]) {
+                heartbeatIntervalMs: Int, livenessTimeoutMs: Int, config: [UInt8], model: [UInt8],
+                configBaseDirectory: String = "") {
+        self.configBaseDirectory = configBaseDirectory
         self.jobID = jobID
         self.toolVersion = toolVersion
         self.modelDigest = modelDigest
@@ -64,6 +69,7 @@ public struct Job: Sendable, Equatable {
         var heartbeat_interval_ms: Int
         var liveness_timeout_ms: Int
         var model_included: Bool
+        var config_base_directory: String?
     }
 }
 

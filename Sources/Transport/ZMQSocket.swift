@@ -114,6 +114,9 @@ public final class ZMQSocket {
     public func setReceiveHighWaterMark(_ n: Int) throws { try setOption(ZMQ_RCVHWM, Int32(n), name: "ZMQ_RCVHWM") }
     /// ROUTER: fail with EHOSTUNREACH instead of silently dropping messages to unknown peers.
     public func setRouterMandatory(_ on: Bool) throws { try setOption(ZMQ_ROUTER_MANDATORY, Int32(on ? 1 : 0), name: "ZMQ_ROUTER_MANDATORY") }
+    /// ROUTER: a new connection with a routing id already in use takes it over (a reconnecting peer
+    /// is not locked out while its old connection is still being torn down).
+    public func setRouterHandover(_ on: Bool) throws { try setOption(ZMQ_ROUTER_HANDOVER, Int32(on ? 1 : 0), name: "ZMQ_ROUTER_HANDOVER") }
     /// Reconnect backoff for connecting sockets: first retry after `initialMs`, doubling up to `maxMs`.
     public func setReconnect(initialMs: Int, maxMs: Int) throws {
         try setOption(ZMQ_RECONNECT_IVL, Int32(initialMs), name: "ZMQ_RECONNECT_IVL")

@@ -133,13 +133,18 @@ struct WireCodecTests {
             try WireCodec.decode(fail, limits: limits)
         }
         let result = WireCodec.encode(.result(ShardResult(shard: 1, sampleCount: 1, computeSeconds: 0, tensors: sampleTensors)))
+        let headerRoom = WireLimits(maxControlBytes: 1024, maxResultBytes: 100, maxTensors: 2, maxJobBytes: 10)
         #expect(throws: WireError.oversized(type: "RESULT", what: "tensor count", bytes: 4, limit: 2)) {
-            try WireCodec.decode(result, limits: limits)
+            try WireCodec.decode(result, limits: headerRoom)
+        }
+        let fewTensors = WireLimits(maxControlBytes: 1024, maxResultBytes: 100, maxTensors: 100, maxJobBytes: 10)
+        #expect(throws: WireError.oversized(type: "RESULT", what: "histogram payload", bytes: result[3].count, limit: 100)) {
+            try WireCodec.decode(result, limits: fewTensors)
         }
         let job = WireCodec.encode(.job(Job(jobID: "j", toolVersion: "t", modelDigest: "m", configDigest: "c",
                                              heartbeatIntervalMs: 1, livenessTimeoutMs: 1, config: [1, 2, 3], model: Array(repeating: 7, count: 8))))
         #expect(throws: WireError.oversized(type: "JOB", what: "config + model", bytes: 11, limit: 10)) {
-            try WireCodec.decode(job, limits: limits)
+            try WireCodec.decode(job, limits: headerRoom)
         }
     }
 
