@@ -7,6 +7,12 @@
 
 #include <stddef.h>
 
+/* Atomic counter for dynamic task distribution in the Swift kernels (tasks are fixed by the
+ * problem shape; only which worker runs a task varies, so results do not). */
+static inline long shardcal_fetch_add(long *counter, long value) {
+    return __atomic_fetch_add(counter, value, __ATOMIC_RELAXED);
+}
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 

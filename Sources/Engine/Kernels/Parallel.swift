@@ -1,3 +1,4 @@
+import COpenBLAS
 import Dispatch
 
 // Parallel loops for the kernels. Callers only split independent outputs, never a reduction, and
@@ -20,8 +21,9 @@ func parallelChunks(_ count: Int, threads: Int, _ body: (Range<Int>) -> Void) {
     }
 }
 
-/// Runs `body(task)` for every task in `0..<count`; worker `w` of `threads` takes tasks w, w + t, …
-/// `body` also receives the worker index (for per-worker scratch).
+/// Runs `body(task)` for every task in `0..<count` on up to `threads` workers, which take tasks in
+/// order from a shared counter. `parallelTasksWithWorker` also passes the worker index (for
+/// per-worker scratch).
 @inline(__always)
 func parallelTasks(_ count: Int, threads: Int, _ body: (_ task: Int) -> Void) {
     parallelTasksWithWorker(count, threads: threads) { task, _ in body(task) }
@@ -34,9 +36,18 @@ func parallelTasksWithWorker(_ count: Int, threads: Int, _ body: (_ task: Int, _
         for i in 0..<count { body(i, 0) }
         return
     }
+    // Workers take the next task from a shared counter, so a worker slowed down by other load on
+    // its core does not hold the others back. Tasks themselves are fixed, so results are too.
+    let next = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    next.initialize(to: 0)
+    defer { next.deallocate() }
+    let counter = UncheckedSendableBox(next)
     runWorkers(t) { w in
-        var i = w
-        while i < count { body(i, w); i += t }
+        while true {
+            let i = shardcal_fetch_add(counter.value, 1)
+            if i >= count { break }
+            body(i, w)
+        }
     }
 }
 
