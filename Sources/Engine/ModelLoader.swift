@@ -175,7 +175,8 @@ enum ModelLoader {
             guard d >= 0 else { throw EngineError.invalidInitializer(name: name, detail: "negative dimension \(d)") }
             shape.append(Int(d))
         }
-        let count = shape.reduce(1, *)
+        if let p = shapeProblem(shape) { throw EngineError.invalidInitializer(name: name, detail: p) }
+        let count = elementCount(shape)
         var raw: Data? = t.rawData.isEmpty ? nil : t.rawData
         if t.dataLocation == .external {
             raw = try readExternal(t, baseDirectory: baseDirectory)
@@ -187,7 +188,7 @@ enum ModelLoader {
         }
         func fromRaw<T>(_ r: Data, _ type: T.Type) throws -> [T] {
             let size = MemoryLayout<T>.size
-            guard r.count == count * size else {
+            guard r.count / size == count, r.count % size == 0 else {
                 throw EngineError.invalidInitializer(name: name, detail: "raw data has \(r.count) bytes, shape \(shape) needs \(count * size)")
             }
             return r.withUnsafeBytes { buf in

@@ -79,6 +79,11 @@ struct OpContext {
         do { return try ModelLoader.decodeTensor(a.t, baseDirectory: nil) } catch { throw invalid("attribute \(n): \(error)") }
     }
 
+    /// Throws when `s` is not a usable tensor shape.
+    func checkShape(_ s: [Int], _ what: String) throws {
+        if let p = shapeProblem(s) { throw invalid("\(what): \(p)") }
+    }
+
     /// Normalises a possibly negative axis against `rank`.
     func axis(_ a: Int, rank: Int) throws -> Int {
         let r = a < 0 ? a + rank : a
@@ -87,7 +92,26 @@ struct OpContext {
     }
 }
 
-@inline(__always) func elementCount(_ s: [Int]) -> Int { s.reduce(1, *) }
+/// Product of the dims, saturating at Int.max instead of trapping (shapes come from untrusted files).
+@inline(__always) func elementCount(_ s: [Int]) -> Int {
+    var n = 1
+    for d in s {
+        let (r, o) = n.multipliedReportingOverflow(by: d)
+        if o { return Int.max }
+        n = r
+    }
+    return n
+}
+
+/// Largest tensor the engine accepts (elements); bigger shapes are model errors, not allocations.
+let maxTensorElements = 1 << 31
+
+/// nil when the shape is valid (non-negative dims, at most `maxTensorElements` elements).
+func shapeProblem(_ s: [Int]) -> String? {
+    if let d = s.first(where: { $0 < 0 }) { return "negative dimension \(d) in shape \(s)" }
+    if elementCount(s) > maxTensorElements { return "shape \(s) has more than \(maxTensorElements) elements" }
+    return nil
+}
 
 func stridesOf(_ shape: [Int]) -> [Int] {
     var st = [Int](repeating: 1, count: shape.count)

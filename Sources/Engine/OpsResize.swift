@@ -86,11 +86,15 @@ enum ResizeOp {
         } else if let sc {
             guard sc.count == r else { throw ctx.invalid("scales \(sc) do not match rank \(r)") }
             scales = sc
+            guard sc.allSatisfy({ $0 > 0 && $0.isFinite && Float(maxTensorElements) / max($0, 1) > 1 }) else {
+                throw ctx.invalid("invalid scales \(sc)")
+            }
             out = (0..<r).map { Int((Float(x[$0]) * sc[$0]).rounded(.down)) }
         } else {
             throw ctx.invalid("neither scales nor sizes given")
         }
         guard scales.allSatisfy({ $0 > 0 }) else { throw ctx.invalid("non-positive scales \(scales)") }
+        try ctx.checkShape(out, "output")
         func original(_ o: Int, _ d: Int) -> Float {
             let s = scales[d], xo = Float(o)
             switch coord {

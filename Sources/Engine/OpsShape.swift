@@ -188,6 +188,7 @@ enum ShapeOps {
     /// Same data, new shape: folds when constant, otherwise a copy.
     static func reshaped(_ ctx: OpContext, to shape: [Int]) throws -> OpResult {
         let x = try ctx.input(0)
+        try ctx.checkShape(shape, "output")
         guard elementCount(shape) == elementCount(x.shape) else {
             throw ctx.invalid("cannot reshape \(x.shape) to \(shape)")
         }
@@ -225,7 +226,7 @@ enum ShapeOps {
 
     static func constantOfShape(_ ctx: OpContext) throws -> OpResult {
         let shape = try ctx.constant(0, "shape").intValues
-        guard shape.allSatisfy({ $0 >= 0 }) else { throw ctx.invalid("negative dimension in \(shape)") }
+        try ctx.checkShape(shape, "shape")
         let n = elementCount(shape)
         if let v = try ctx.tensorAttr("value") {
             switch v.data {
@@ -453,6 +454,7 @@ enum ShapeOps {
         // Negative pads crop: pad with the non-negative parts, then slice.
         guard pads.allSatisfy({ $0 >= 0 }) else { throw ctx.unsupported("negative pads \(pads)") }
         let out = (0..<r).map { x[$0] + pads[$0] + pads[$0 + r] }
+        try ctx.checkShape(out, "padded shape")
         if mode == "reflect" {
             for d in 0..<r where pads[d] >= x[d] || pads[d + r] >= x[d] {
                 if pads[d] > 0 || pads[d + r] > 0 { throw ctx.invalid("reflect pad \(pads) too large for \(x)") }
@@ -466,6 +468,7 @@ enum ShapeOps {
         let x = try ctx.shape(0)
         let target = try ctx.constant(1, "shape").intValues
         guard let out = broadcastShapes(x, target) else { throw ctx.invalid("cannot expand \(x) to \(target)") }
+        try ctx.checkShape(out, "expanded shape")
         let padded = [Int](repeating: 1, count: out.count - x.count) + x
         let st = stridesOf(padded)
         let strides = (0..<out.count).map { padded[$0] == 1 ? 0 : st[$0] }
@@ -477,12 +480,16 @@ enum ShapeOps {
         if s.isFloat || l.isFloat || d.isFloat {
             let a = s.floatValues[0], b = l.floatValues[0], c = d.floatValues[0]
             guard c != 0 else { throw ctx.invalid("delta 0") }
-            let n = max(0, Int(((b - a) / c).rounded(.up)))
+            let q = ((b - a) / c).rounded(.up)
+            guard q.isFinite, q < Float(maxTensorElements) else { throw ctx.invalid("Range of \(q) elements") }
+            let n = max(0, Int(q))
             return .constants([HostTensor(shape: [n], floats: (0..<n).map { a + Float($0) * c })])
         }
         let a = s.intValues[0], b = l.intValues[0], c = d.intValues[0]
         guard c != 0 else { throw ctx.invalid("delta 0") }
-        let n = max(0, (b - a + c + (c > 0 ? -1 : 1)) / c)
+        let span = (b.subtractingReportingOverflow(a), c)
+        guard !span.0.overflow, abs(span.0.partialValue / c) < maxTensorElements else { throw ctx.invalid("Range too long") }
+        let n = max(0, (span.0.partialValue + c + (c > 0 ? -1 : 1)) / c)
         return .constants([HostTensor(shape: [n], ints: (0..<n).map { a + $0 * c })])
     }
 

@@ -111,6 +111,9 @@ struct Planner {
             }
             let ctx = OpContext(node: node, opset: graph.opset, inputs: ins)
             var result = try builder(ctx)
+            if case .runtime(let shapes, _) = result {
+                for sh in shapes { try ctx.checkShape(sh, "output") }
+            }
             if case .runtime(let shapes, let kernel) = result, ctx.allInputsConstant,
                ins.allSatisfy({ $0?.constant?.isFloat ?? true }) {
                 // Constant folding of a float op: run its kernel once on the host.

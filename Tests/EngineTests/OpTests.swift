@@ -361,3 +361,53 @@ struct OpsetFormTests {
         }
     }
 }
+
+@Suite("Robustness")
+struct RobustnessTests {
+    /// A small CNN-like model whose serialized bytes are mutated at random: every mutant must
+    /// either fail with an error or run, never trap.
+    @Test("byte-mutated models throw or run, never crash")
+    func mutations() throws {
+        var b = MB(); b.input("x", [nil, 1, 6, 6]); b.output("y")
+        b.floats("w", [2, 1, 3, 3], (0..<18).map { Float($0) / 10 }); b.floats("bias", [2], [0.1, -0.1])
+        b.floats("fw", [3, 8], (0..<24).map { Float($0) / 7 })
+        b.ints("shape", [2], [0, -1]); b.ints("starts", [1], [0]); b.ints("ends", [1], [8])
+        b.node("Conv", ["x", "w", "bias"], ["c"], [MB.attr("pads", ints: [1, 1, 1, 1]), MB.attr("strides", ints: [2, 2])])
+        b.node("Relu", ["c"], ["r"])
+        b.node("MaxPool", ["r"], ["p"], [MB.attr("kernel_shape", ints: [2, 2]), MB.attr("strides", ints: [2, 2]), MB.attr("ceil_mode", int: 1)])
+        b.node("Reshape", ["p", "shape"], ["f"])
+        b.node("Slice", ["f", "starts", "ends"], ["s"])
+        b.node("Gemm", ["s", "fw"], ["y"], [MB.attr("transB", int: 1)])
+        let good = try b.bytes()
+        #expect(try MB.session(good).run(["x": Tensor(shape: [2, 1, 6, 6], data: [Float](repeating: 1, count: 72))])["y"]!.shape == [2, 3])
+        var rng: UInt64 = 0x9E3779B97F4A7C15
+        func next() -> Int { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return Int(rng >> 1) }
+        var loaded = 0
+        for _ in 0..<3000 {
+            var m = good
+            for _ in 0..<(1 + next() % 3) {
+                let i = next() % m.count
+                switch next() % 3 {
+                case 0: m[i] = UInt8(truncatingIfNeeded: next())
+                case 1: m[i] ^= UInt8(1 << (next() % 8))
+                default: m[i] = [0, 1, 0x7f, 0x80, 0xff][next() % 5]
+                }
+            }
+            guard let s = try? MB.session(m) else { continue }
+            loaded += 1
+            for info in s.inputs {
+                let shape = info.shape.map { $0 ?? 2 }
+                let n = shape.reduce(1, *)
+                guard n >= 0, n < 1 << 20 else { continue }
+                _ = try? s.run([info.name: Tensor(shape: shape, data: [Float](repeating: 0.5, count: n))])
+            }
+        }
+        #expect(loaded > 0)
+    }
+}
+
+extension ModelBuilder {
+    static func session(_ bytes: [UInt8]) throws -> InferenceSession {
+        try InferenceSession(modelData: bytes, baseDirectory: nil)
+    }
+}
