@@ -61,8 +61,10 @@ enum NNOps {
         guard strides.count == n, dilations.count == n, pads.count == 2 * n else {
             throw ctx.invalid("strides/dilations/pads lengths \(strides.count)/\(dilations.count)/\(pads.count) do not match \(n) spatial dims")
         }
-        guard strides.allSatisfy({ $0 > 0 }), dilations.allSatisfy({ $0 > 0 }), pads.allSatisfy({ $0 >= 0 }) else {
-            throw ctx.invalid("non-positive stride/dilation or negative pad")
+        let limit = 1 << 20
+        guard strides.allSatisfy({ $0 > 0 && $0 <= limit }), dilations.allSatisfy({ $0 > 0 && $0 <= limit }),
+              pads.allSatisfy({ $0 >= 0 && $0 <= limit }), kernel.allSatisfy({ $0 > 0 && $0 <= limit }) else {
+            throw ctx.invalid("kernel \(kernel), strides \(strides), dilations \(dilations) or pads \(pads) out of range")
         }
         let autoPad = ctx.string("auto_pad", "NOTSET")
         var dims: [SpatialDim] = []
@@ -147,6 +149,13 @@ enum NNOps {
         let outPad = ctx.ints("output_padding") ?? [Int](repeating: 0, count: n)
         var pads = ctx.ints("pads") ?? [Int](repeating: 0, count: 2 * n)
         guard x[1] == w[0], group > 0, x[1] % group == 0 else { throw ctx.invalid("input channels \(x[1]) vs weight \(w), group \(group)") }
+        let limit = 1 << 20
+        guard kernel.count == n, strides.count == n, dil.count == n, outPad.count == n, pads.count == 2 * n,
+              kernel.allSatisfy({ $0 > 0 && $0 <= limit }), strides.allSatisfy({ $0 > 0 && $0 <= limit }),
+              dil.allSatisfy({ $0 > 0 && $0 <= limit }), outPad.allSatisfy({ $0 >= 0 && $0 <= limit }),
+              pads.allSatisfy({ $0 >= 0 && $0 <= limit }), kernel == Array(w[2...]) else {
+            throw ctx.invalid("kernel/strides/dilations/pads/output_padding out of range or inconsistent with weight \(w)")
+        }
         let outC = w[1] * group
         var outSpatial: [Int] = []
         let autoPad = ctx.string("auto_pad", "NOTSET")
