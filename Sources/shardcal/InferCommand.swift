@@ -30,8 +30,7 @@ struct InferCommand: ParsableCommand {
     @Option(help: "Kernel threads.")
     var threads: Int = 1
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @OptionGroup var global: GlobalOptions
 
     func validate() throws {
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
@@ -39,8 +38,7 @@ struct InferCommand: ParsableCommand {
     }
 
     func run() throws {
-        var logger = Logger(label: "shardcal.infer")
-        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let logger = global.makeLogger("shardcal.infer")
         let session = try InferenceSession(modelPath: model, options: SessionOptions(threads: threads), logger: logger)
         var feeds: [String: Tensor] = [:]
         for spec in input {
