@@ -320,12 +320,22 @@ struct CoordinatorLoop {
             let ready: [ZMQPoller.Events]
             do { ready = try poller.poll(timeoutMs: tick) } catch let e as ZMQError { throw CoordinatorError.socket(e) }
             if ready[0].contains(.readable) {
-                // Drain a bounded batch so timers keep running under load.
-                for _ in 0..<10_000 {
-                    let frames: [[UInt8]]?
-                    do { frames = try router.receive(dontWait: true) } catch let e as ZMQError { throw CoordinatorError.socket(e) }
-                    guard let frames else { break }
-                    try handle(frames)
+                // Drain bounded batches so timers keep running under load. Decoding (the costly,
+                // pure part) runs in parallel; handling and merging stay in arrival order on this thread.
+                for _ in 0..<40 {
+                    var batch: [[[UInt8]]] = []
+                    for _ in 0..<64 {
+                        let frames: [[UInt8]]?
+                        do { frames = try router.receive(dontWait: true) } catch let e as ZMQError { throw CoordinatorError.socket(e) }
+                        guard let frames else { break }
+                        batch.append(frames)
+                    }
+                    if batch.isEmpty { break }
+                    let decoded = Self.decodeBatch(batch, limits: cfg.limits)
+                    for (frames, message) in zip(batch, decoded) {
+                        try handle(frames, decoded: message)
+                        if scheduler.isFinished { break }
+                    }
                     if scheduler.isFinished { break }
                 }
             }
@@ -334,7 +344,23 @@ struct CoordinatorLoop {
 
     // MARK: messages
 
+    /// Decodes ROUTER messages (routing id first); several at once on all cores.
+    static func decodeBatch(_ batch: [[[UInt8]]], limits: WireLimits) -> [Result<WireMessage, WireError>] {
+        @Sendable func one(_ frames: [[UInt8]]) -> Result<WireMessage, WireError> {
+            guard frames.count >= 2 else { return .failure(.empty) }
+            do { return .success(try WireCodec.decode(Array(frames.dropFirst()), limits: limits)) } catch { return .failure(error) }
+        }
+        if batch.count < 2 { return batch.map(one) }
+        let slots = DecodeSlots(count: batch.count)
+        DispatchQueue.concurrentPerform(iterations: batch.count) { i in slots.set(i, one(batch[i])) }
+        return slots.values()
+    }
+
     mutating func handle(_ frames: [[UInt8]]) throws {
+        try handle(frames, decoded: Self.decodeBatch([frames], limits: cfg.limits)[0])
+    }
+
+    mutating func handle(_ frames: [[UInt8]], decoded: Result<WireMessage, WireError>) throws {
         let now = monotonicSeconds()
         guard frames.count >= 2 else {
             stats.malformed += 1
@@ -342,10 +368,9 @@ struct CoordinatorLoop {
             return
         }
         let key = frames[0]
-        let body = Array(frames.dropFirst())
         let message: WireMessage
         do {
-            message = try WireCodec.decode(body, limits: cfg.limits)
+            message = try decoded.get()
         } catch {
             stats.malformed += 1
             note("dropped \(error.code) message from \(name(of: key)): \(error)", level: .warning)
@@ -615,4 +640,13 @@ struct CoordinatorLoop {
         stats.events.append(event)
         if stats.events.count > 1000 { stats.events.removeFirst(stats.events.count - 1000) }
     }
+}
+
+/// Results of a parallel decode, one slot per message (each slot written by exactly one iteration).
+private final class DecodeSlots: @unchecked Sendable {
+    private var slots: [Result<WireMessage, WireError>?]
+    private let lock = NSLock()
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ value: Result<WireMessage, WireError>) { lock.withLock { slots[i] = value } }
+    func values() -> [Result<WireMessage, WireError>] { lock.withLock { slots.map { $0! } } }
 }
