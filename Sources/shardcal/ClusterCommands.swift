@@ -10,14 +10,14 @@ import Transport
 // Commands of the distributed form: `run` (coordinator + local worker processes), `coordinator`,
 // `worker`, `status`, `subscribe`. Registered in the root command by the lead.
 
-// MARK: - wiring the real engine (the lead plugs it in here)
+// MARK: - wiring the real engine
 
-/// Builds the ShardComputer workers use for real jobs (engine + dataset). Until the engine computer
-/// is wired in, workers fail their setup with a clear message.
+/// Builds the ShardComputer workers use for real jobs: the FP32 engine over the job's dataset,
+/// one thread per worker process (run one worker per core).
 enum ClusterWiring {
     static func shardComputerFactory(logger: Logger) -> any ShardComputerFactory {
-        ClosureShardComputerFactory { _ in
-            throw CLIError("this build has no engine shard computer wired into ClusterWiring.shardComputerFactory")
+        ClosureShardComputerFactory { job in
+            try EngineShardComputer.make(job: job, threads: 1, logger: logger)
         }
     }
 }

@@ -1,9 +1,18 @@
 import ArgumentParser
 import Calibration
+import Engine
 import Foundation
 import Logging
 
 @main
+enum ShardcalMain {
+    static func main() {
+        // OpenBLAS's core selection may set an environment variable: do it before any thread exists.
+        Kernels.setUp()
+        Shardcal.main()
+    }
+}
+
 struct Shardcal: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shardcal",

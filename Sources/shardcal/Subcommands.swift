@@ -3,6 +3,11 @@ import ArgumentParser
 extension Shardcal {
     /// Every subcommand, in the order `--help` lists them.
     static let allSubcommands: [any ParsableCommand.Type] = [
+        RunCommand.self,
+        CoordinatorCommand.self,
+        WorkerCommand.self,
+        StatusCommand.self,
+        SubscribeCommand.self,
         MergeCommand.self,
         SearchCommand.self,
         InspectCommand.self,
@@ -10,5 +15,6 @@ extension Shardcal {
         BenchCoreCommand.self,
         BenchEngineCommand.self,
         BenchDataCommand.self,
+        BenchCoordinatorCommand.self,
     ]
 }
