@@ -230,6 +230,9 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .long, help: "Give up if no coordinator answers within this many seconds (default: keep trying).")
     var connectTimeout: Double?
 
+    @Option(name: .long, help: .hidden)
+    var exitWithParent: Int32?
+
     func validate() throws {
         if credits < 1 || credits > 64 { throw ValidationError("--credits must be in 1...64, got \(credits)") }
     }
@@ -256,6 +259,14 @@ struct WorkerCommand: ParsableCommand {
         let worker = Worker(config: wc, factory: ClusterWiring.shardComputerFactory(logger: logger), context: context, logger: logger)
         let trap = SignalTrap { _ in worker.requestStop() }
         defer { trap.cancel() }
+        if let parent = exitWithParent {
+            // A local worker of `shardcal run` ends with its run, even if that process was killed.
+            Thread.detachNewThread {
+                while getppid() == parent { sleep(1) }
+                logger.warning("parent process \(parent) is gone; worker exiting")
+                _exit(3)
+            }
+        }
         switch try worker.run() {
         case .finished(let done):
             logger.info("run over: \(done.outcome)\(done.reason.map { " (\($0))" } ?? "")")
@@ -304,7 +315,7 @@ struct RunCommand: ParsableCommand {
                 let p = Process()
                 p.executableURL = URL(fileURLWithPath: executable)
                 p.arguments = ["worker", "--connect", endpoint, "--id", "local-\(getpid())-\(i)",
-                               "--log-level", global.logLevel == .info ? "warning" : global.logLevel.rawValue]
+                               "--exit-with-parent", String(getpid()), "--log-level", global.logLevel == .info ? "warning" : global.logLevel.rawValue]
                 try p.run()
                 children.append(p)
             }
