@@ -128,9 +128,10 @@ public enum ThresholdSearch {
         }
         // Re-evaluate near-best candidates exactly; the last among equals wins.
         let tolerance = 1e-9 * Swift.max(abs(best), 1e-3)
-        var winner = -1
-        var winnerValue = Double.infinity
-        for i in startBin...n where fast[i] <= best + tolerance {
+        let near = (startBin...n).filter { fast[$0] <= best + tolerance }
+        var winner = near[0]
+        var winnerValue = exactDivergence(i: winner, c: c)
+        for i in near.dropFirst() {
             let d = exactDivergence(i: i, c: c)
             if d <= winnerValue {
                 winnerValue = d
