@@ -321,6 +321,7 @@ struct RunCommand: ParsableCommand {
             }
             logger.info("started \(count) worker processes")
         }
+        print(TableRendering.thresholds(result.table), terminator: "")
         print("calibrated \(result.state.tensorNames.count) tensors from \(result.state.shards.count) shards with \(count) workers in " +
               String(format: "%.2f s", result.elapsedSeconds) + " (\(describeCounters(result.stats)))")
         if let out = cfg.outputs {
