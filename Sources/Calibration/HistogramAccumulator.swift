@@ -88,12 +88,22 @@ enum HistogramAccumulator {
                 shc_bin_block(block.baseAddress, block.count, Float(sign: .plus, exponent: -k, significand: 1), sub)
                 pendingInSub += block.count
             } else {
-                histogram.withMutableCounts { counts in Reference.binBlockDirect(block, k: k, counts: counts) }
+                histogram.withMutableCounts { counts in binBlockDirect(block, k: k, counts: counts) }
             }
             histogram.addStatistics(valueCount: n, zeroCount: UInt64(stats.zeros), nan: 0, posInf: 0, negInf: 0,
                                     minimum: minValue, maximum: maxValue)
         }
         flushSub()
+    }
+
+    /// Bins straight into the 64-bit counts: small inputs, and layouts whose 2^-k is not a Float.
+    static func binBlockDirect(_ block: UnsafeBufferPointer<Float>, k: Int, counts: UnsafeMutableBufferPointer<UInt64>) {
+        if k >= -126 && k <= 126 {
+            let scale = Float(sign: .plus, exponent: -k, significand: 1)
+            for x in block { counts[Int(Int32(x.magnitude * scale))] &+= 1 }
+        } else {
+            for x in block { counts[Histogram.binIndex(ofMagnitude: x.magnitude, binWidthLog2: k)] &+= 1 }
+        }
     }
 
     /// Plain-Swift versions of the kernels: the reference the C kernel is tested against.
@@ -151,14 +161,6 @@ enum HistogramAccumulator {
             }
         }
 
-        static func binBlockDirect(_ block: UnsafeBufferPointer<Float>, k: Int, counts: UnsafeMutableBufferPointer<UInt64>) {
-            if k >= -126 && k <= 126 {
-                let scale = Float(sign: .plus, exponent: -k, significand: 1)
-                for x in block { counts[Int(Int32(x.magnitude * scale))] &+= 1 }
-            } else {
-                for x in block { counts[Histogram.binIndex(ofMagnitude: x.magnitude, binWidthLog2: k)] &+= 1 }
-            }
-        }
 
     }
 

@@ -104,7 +104,7 @@ public enum ThresholdSearch {
         c[0] = c[1]
         // Prefix sums over bins: count, non-empty bins, c·log c.
         var prefixCount = [Double](repeating: 0, count: n + 1)
-        var prefixNonZero = [Int](repeating: 0, count: n + 1)
+        var prefixNonZero = [Int32](repeating: 0, count: n + 1)
         var prefixCLogC = [Double](repeating: 0, count: n + 1)
         for j in 0..<n {
             prefixCount[j + 1] = prefixCount[j] + c[j]
@@ -116,7 +116,7 @@ public enum ThresholdSearch {
         // Screening: every candidate's divergence from the prefix sums (C kernel, vectorised).
         var fast = [Double](repeating: .infinity, count: n + 1)
         fast.withUnsafeMutableBufferPointer { out in
-            shc_entropy_screen(prefixCount, prefixNonZero.map { Int32($0) }, prefixCLogC, c, n, startBin,
+            shc_entropy_screen(prefixCount, prefixNonZero, prefixCLogC, c, n, startBin,
                                out.baseAddress! + startBin)
         }
         var best = Double.infinity
@@ -148,7 +148,7 @@ public enum ThresholdSearch {
     }
 
     static func fastDivergence(i: Int, c: [Double], total: Double, prefixCount: [Double],
-                               prefixNonZero: [Int], prefixCLogC: [Double]) -> Double {
+                               prefixNonZero: [Int32], prefixCLogC: [Double]) -> Double {
         let outliers = total - prefixCount[i]
         let last = c[i - 1]
         let pLast = last + outliers

@@ -222,14 +222,14 @@ import CHistogramKernel
         c[0] = c[1]
         let n = c.count
         var pc = [Double](repeating: 0, count: n + 1), pcl = [Double](repeating: 0, count: n + 1)
-        var pnz = [Int](repeating: 0, count: n + 1)
+        var pnz = [Int32](repeating: 0, count: n + 1)
         for j in 0..<n {
             pc[j + 1] = pc[j] + c[j]
             pnz[j + 1] = pnz[j] + (c[j] != 0 ? 1 : 0)
             pcl[j + 1] = pcl[j] + (c[j] > 0 ? c[j] * log(c[j]) : 0)
         }
         var out = [Double](repeating: 0, count: n + 1 - 128)
-        shc_entropy_screen(pc, pnz.map { Int32($0) }, pcl, c, n, 128, &out)
+        shc_entropy_screen(pc, pnz, pcl, c, n, 128, &out)
         for i in 128...n {
             let reference = ThresholdSearch.fastDivergence(i: i, c: c, total: pc[n], prefixCount: pc,
                                                            prefixNonZero: pnz, prefixCLogC: pcl)
