@@ -29,6 +29,21 @@ public enum StateError: Error, Equatable, CustomStringConvertible {
     }
 }
 
+/// A calibration sample left out under the skip-and-count policy (unreadable, wrong shape...).
+public struct SkippedSampleRecord: Sendable, Hashable, Codable, CustomStringConvertible {
+    /// Index in the dataset.
+    public var index: Int
+    /// The file the sample comes from.
+    public var file: String
+    public var reason: String
+    public init(index: Int, file: String, reason: String) {
+        self.index = index
+        self.file = file
+        self.reason = reason
+    }
+    public var description: String { "sample \(index) (\(file)): \(reason)" }
+}
+
 /// Merged histograms of a calibration job plus what is needed to continue or audit it:
 /// which shards are in, and digests of the model and of the result-affecting configuration.
 public struct CalibrationState: Sendable, Equatable {
@@ -41,6 +56,8 @@ public struct CalibrationState: Sendable, Equatable {
     /// Tensor names in first-seen order (results carry the model's graph order).
     public private(set) var tensorNames: [String]
     public private(set) var histograms: [String: Histogram]
+    /// Samples the merged shards left out (skip-and-count policy), by dataset index.
+    public private(set) var skippedSamples: [SkippedSampleRecord]
 
     public init(toolVersion: String, modelDigest: String, configDigest: String, info: [String: String] = [:]) {
         self.toolVersion = toolVersion
@@ -50,6 +67,7 @@ public struct CalibrationState: Sendable, Equatable {
         shards = []
         tensorNames = []
         histograms = [:]
+        skippedSamples = []
     }
 
     /// Histograms in tensor order.
@@ -58,10 +76,18 @@ public struct CalibrationState: Sendable, Equatable {
     }
 
     /// Merges one shard's histograms. Throws (and changes nothing) if the shard is already in.
-    public mutating func merge(shard: Int, tensors: [NamedHistogram]) throws(StateError) {
+    public mutating func merge(shard: Int, tensors: [NamedHistogram], skipped: [SkippedSampleRecord] = []) throws(StateError) {
         if shards.contains(shard) { throw .shardAlreadyMerged([shard]) }
         shards.insert(shard)
         addTensors(tensors)
+        addSkipped(skipped)
+    }
+
+    /// Keeps the list sorted by index whatever order shards arrive in (the outputs must not depend on it).
+    private mutating func addSkipped(_ records: [SkippedSampleRecord]) {
+        guard !records.isEmpty else { return }
+        skippedSamples += records
+        skippedSamples.sort { $0.index != $1.index ? $0.index < $1.index : ($0.file, $0.reason) < ($1.file, $1.reason) }
     }
 
     /// Merges another state (disjoint shards, same model and config). Changes nothing on error.
@@ -72,6 +98,7 @@ public struct CalibrationState: Sendable, Equatable {
         if !overlap.isEmpty { throw .shardAlreadyMerged(overlap.sorted()) }
         shards.formUnion(other.shards)
         addTensors(other.orderedHistograms)
+        addSkipped(other.skippedSamples)
         for (key, value) in other.info where info[key] == nil { info[key] = value }
     }
 
@@ -93,7 +120,8 @@ public struct CalibrationState: Sendable, Equatable {
     /// u16  format version (1)
     /// u64  total length of the file in bytes (checksum included)
     /// u32  header length, header (UTF-8 JSON: tool_version, model_digest, config_digest,
-    ///      shards as [[first, last], ...] inclusive runs, tensor_count, info)
+    ///      shards as [[first, last], ...] inclusive runs, tensor_count, info, and `skipped`
+    ///      [{index, file, reason}] when samples were skipped)
     /// per tensor: u32 name length, name (UTF-8), u32 histogram length, histogram (see Histogram coding)
     /// 32   SHA-256 of every byte before it
     /// ```
@@ -107,6 +135,8 @@ public struct CalibrationState: Sendable, Equatable {
         var shards: [[Int]]
         var tensor_count: Int
         var info: [String: String]
+        /// Absent when no sample was skipped (and in files written before it existed).
+        var skipped: [SkippedSampleRecord]?
     }
 
     public func encoded() -> [UInt8] {
@@ -117,7 +147,8 @@ public struct CalibrationState: Sendable, Equatable {
         w.write(UInt64(0))
         let header = Header(tool_version: toolVersion, model_digest: modelDigest, config_digest: configDigest,
                             shards: CalibrationState.runs(of: shards).map { [$0.lowerBound, $0.upperBound] },
-                            tensor_count: tensorNames.count, info: info)
+                            tensor_count: tensorNames.count, info: info,
+                            skipped: skippedSamples.isEmpty ? nil : skippedSamples)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         w.writeBlob(Array(try! encoder.encode(header)))
@@ -175,6 +206,7 @@ public struct CalibrationState: Sendable, Equatable {
                 }
                 shards.formUnion(run[0]...run[1])
             }
+            addSkipped(header.skipped ?? [])
             for index in 0..<header.tensor_count {
                 let name = try reader.readString("name of tensor \(index)")
                 let blob = try reader.readBlob("histogram of tensor '\(name)'")

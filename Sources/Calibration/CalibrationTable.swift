@@ -135,7 +135,7 @@ public struct CalibrationTable: Sendable, Equatable {
     }
 
     /// The JSON table (schema in docs/FORMATS.md): stable tensor order, sorted keys.
-    public func json(extra: [String: String] = [:]) -> [UInt8] {
+    public func json(extra: [String: String] = [:], skippedSamples: [SkippedSampleRecord] = []) -> [UInt8] {
         struct Row: Encodable {
             var name: String
             var method: String
@@ -186,11 +186,12 @@ public struct CalibrationTable: Sendable, Equatable {
             var method: String
             var percentile: Double?
             var info: [String: String]
+            var skipped_samples: [SkippedSampleRecord]
             var tensors: [Row]
         }
         var percentile: Double? = nil
         if case .percentile(let p) = method { percentile = p }
-        let doc = Document(method: method.name, percentile: percentile, info: extra, tensors: tensors.map { t in
+        let doc = Document(method: method.name, percentile: percentile, info: extra, skipped_samples: skippedSamples, tensors: tensors.map { t in
             Row(name: t.name, method: t.method.name, amax: t.amax, scale: t.scale, scale_hex: TensorRTCache.hexBits(t.scale),
                 bin_width: t.binWidth, bin_count: t.binCount, value_count: t.valueCount, zero_count: t.zeroCount,
                 min: t.minimum, max: t.maximum, nan_count: t.nanCount, pos_inf_count: t.positiveInfinityCount,

@@ -124,7 +124,9 @@ public struct CalibrationOutputs: Sendable {
         if let cachePath {
             try AtomicFile.write(table.tensorRTCache(version: cacheVersion, algorithm: cacheAlgorithm).text(), to: cachePath)
         }
-        if let tablePath { try AtomicFile.write(table.json(extra: info), to: tablePath) }
+        if let tablePath {
+            try AtomicFile.write(table.json(extra: info, skippedSamples: state?.skippedSamples ?? []), to: tablePath)
+        }
         if let statePath, let state { try StateFile.write(state, to: statePath) }
     }
 }

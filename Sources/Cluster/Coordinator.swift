@@ -475,11 +475,21 @@ struct CoordinatorLoop {
                 return
             }
         }
+        if !result.skipped.isEmpty, let spec = cfg.shards.first(where: { $0.id == result.shard }),
+           let outside = result.skipped.first(where: { !spec.indices.contains($0.index) }) {
+            stats.malformed += 1
+            let why = "result for shard \(result.shard) (samples \(spec.indices)) lists skipped sample \(outside.index) outside it"
+            note("dropped \(why) from \(name(of: key))", level: .warning)
+            send(.error(ErrorReport(code: "malformed", reason: why)), to: key)
+            scheduler.requeue(shard: result.shard)
+            return
+        }
         switch scheduler.complete(shard: result.shard, from: key, samples: result.sampleCount,
                                   computeSeconds: result.computeSeconds, now: now) {
         case .merge:
             do {
-                try state.merge(shard: result.shard, tensors: result.tensors)
+                try state.merge(shard: result.shard, tensors: result.tensors, skipped: result.skipped)
+                for s in result.skipped { note("shard \(result.shard) skipped \(s)", level: .warning) }
             } catch {
                 // The scheduler and the state agree on merged shards, so this cannot happen; keep the run safe anyway.
                 note("internal: state refused shard \(result.shard): \(error)", level: .error)

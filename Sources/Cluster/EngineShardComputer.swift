@@ -59,6 +59,11 @@ public final class EngineShardComputer: ShardComputer {
     }
 
     public func computeShard(id: Int, indices: Range<Int>) throws -> [NamedHistogram] {
+        try computeShardReport(id: id, indices: indices).tensors
+    }
+
+    public func computeShardReport(id: Int, indices: Range<Int>) throws -> ShardOutput {
+        var skippedSamples: [SkippedSampleRecord] = []
         let elements = dataset.sampleElementCount
         var histograms = [String: Histogram]()
         var buffer = [Float](repeating: 0, count: batchSize * elements)
@@ -71,7 +76,10 @@ public final class EngineShardComputer: ShardComputer {
             } catch let error as DataError {
                 throw ShardFailure(file: error.failingPath, reason: error.description)
             }
-            for skipped in report.skipped { logger.warning("shard \(id): skipped \(skipped)") }
+            for skipped in report.skipped {
+                logger.warning("shard \(id): skipped \(skipped)")
+                skippedSamples.append(SkippedSampleRecord(index: skipped.index, file: skipped.path, reason: skipped.reason))
+            }
             let loaded = report.loadedIndices.count
             if loaded > 0 {
                 let input = Tensor(shape: [loaded] + dataset.sampleShape, data: Array(buffer.prefix(loaded * elements)))
@@ -82,7 +90,8 @@ public final class EngineShardComputer: ShardComputer {
             }
             start = end
         }
-        return tensorNames.compactMap { name in histograms[name].map { NamedHistogram(name: name, histogram: $0) } }
+        return ShardOutput(tensors: tensorNames.compactMap { name in histograms[name].map { NamedHistogram(name: name, histogram: $0) } },
+                           skipped: skippedSamples)
     }
 }
 

@@ -8,6 +8,25 @@ import Transport
 /// first-seen order for the cache and table.
 public protocol ShardComputer {
     func computeShard(id: Int, indices: Range<Int>) throws -> [NamedHistogram]
+    /// The histograms plus the samples left out under the skip-and-count policy. The default
+    /// implementation skips nothing.
+    func computeShardReport(id: Int, indices: Range<Int>) throws -> ShardOutput
+}
+
+/// What a worker sends for one shard.
+public struct ShardOutput {
+    public var tensors: [NamedHistogram]
+    public var skipped: [SkippedSampleRecord]
+    public init(tensors: [NamedHistogram], skipped: [SkippedSampleRecord] = []) {
+        self.tensors = tensors
+        self.skipped = skipped
+    }
+}
+
+extension ShardComputer {
+    public func computeShardReport(id: Int, indices: Range<Int>) throws -> ShardOutput {
+        ShardOutput(tensors: try computeShard(id: id, indices: indices))
+    }
 }
 
 /// Builds a `ShardComputer` from the job the coordinator sent (config bytes and model bytes).

@@ -385,9 +385,10 @@ struct ComputeLoop: Sendable {
             let start = monotonicSeconds()
             let reply: WireMessage
             do {
-                let tensors = try computer.computeShard(id: lease.shard, indices: lease.indices)
+                let output = try computer.computeShardReport(id: lease.shard, indices: lease.indices)
                 reply = .result(ShardResult(shard: lease.shard, sampleCount: lease.indices.count,
-                                            computeSeconds: monotonicSeconds() - start, tensors: tensors))
+                                            computeSeconds: monotonicSeconds() - start, tensors: output.tensors,
+                                            skipped: output.skipped))
             } catch let e as ShardFailure {
                 reply = .fail(Fail(shard: lease.shard, file: e.failingFile, reason: e.reason))
             } catch let e as FileNamingError {

@@ -27,6 +27,8 @@ public struct JobConfig: Sendable {
     /// Paths exactly as written (key path -> text), e.g. `"dataset.path"`.
     public var rawPaths: [String: String]
     var sourceTree: SourceTree?
+    /// The tree after overrides (what ``effectiveYAML`` writes).
+    var effectiveTree: SourceTree?
 
     /// The plan of fixed shards for `sampleCount` samples.
     init(model: ModelConfig, dataset: DatasetConfig, shardSize: Int, batchSize: Int, methods: [CalibrationMethod],

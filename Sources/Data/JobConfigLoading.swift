@@ -130,6 +130,7 @@ extension JobConfig {
                                methods: methods, tensors: tensors, outputs: outputs, cluster: cluster,
                                baseDirectory: baseDirectory, sourcePath: fileName, locations: w.locations, rawPaths: raw)
         config.sourceTree = SourceTree(node: original)
+        config.effectiveTree = SourceTree(node: root)
         config.validateValues(&w, datasetKindKnown: datasetOK, checkFiles: checkFiles)
         if !w.issues.isEmpty {
             let sorted = w.issues.enumerated().sorted { a, b in
@@ -351,4 +352,48 @@ extension ConfigNode {
 /// The parsed YAML a config came from (kept so overrides can be re-applied).
 struct SourceTree: @unchecked Sendable { // ConfigNode holds only value types
     let node: ConfigNode
+}
+
+extension JobConfig {
+    /// The configuration as loaded, with every override applied, as one line of YAML (JSON flow
+    /// style, which YAML parsers read as YAML). Every scalar is written quoted, exactly as it was
+    /// read, so parsing this text gives the same config, and the same ``configDigest``, as the file
+    /// plus its overrides. Coordinators send it to workers, so `--set` reaches them too.
+    public var effectiveYAML: String? {
+        (effectiveTree ?? sourceTree).map { $0.node.flowText }
+    }
+}
+
+extension ConfigNode {
+    /// JSON text of this tree (scalars as strings, null as null, key order kept).
+    var flowText: String {
+        switch self {
+        case let .scalar(s, _): return ConfigNode.quoted(s)
+        case .null: return "null"
+        case let .sequence(items, _): return "[" + items.map(\.flowText).joined(separator: ", ") + "]"
+        case let .mapping(pairs, _):
+            return "{" + pairs.map { ConfigNode.quoted($0.key) + ": " + $0.value.flowText }.joined(separator: ", ") + "}"
+        }
+    }
+
+    static func quoted(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 || u.value == 0x7F {
+                    let hex = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
 }

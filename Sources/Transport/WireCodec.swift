@@ -100,7 +100,8 @@ public enum WireCodec {
             return [tag, type, json(header), j.config, j.model]
         case .result(let r):
             let header = ShardResult.Header(shard: r.shard, sample_count: r.sampleCount,
-                                            compute_seconds: r.computeSeconds, tensor_count: r.tensors.count)
+                                            compute_seconds: r.computeSeconds, tensor_count: r.tensors.count,
+                                            skipped: r.skipped.isEmpty ? nil : r.skipped)
             return [tag, type, json(header), encodeTensors(r.tensors)]
         }
     }
@@ -198,8 +199,12 @@ public enum WireCodec {
                 throw .oversized(type: type, what: "histogram payload", bytes: frames[3].count, limit: limits.maxResultBytes)
             }
             let tensors = try decodeTensors(frames[3], count: h.tensor_count)
+            let skipped = h.skipped ?? []
+            if skipped.count > h.sample_count {
+                throw .malformed(type: type, reason: "\(skipped.count) skipped samples in a shard of \(h.sample_count)")
+            }
             return .result(ShardResult(shard: h.shard, sampleCount: h.sample_count, computeSeconds: h.compute_seconds,
-                                       tensors: tensors))
+                                       tensors: tensors, skipped: skipped))
         default:
             throw .unknownType(type)
         }

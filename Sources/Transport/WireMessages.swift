@@ -106,11 +106,15 @@ public struct ShardResult: Sendable, Equatable {
     /// Seconds the worker spent computing (for throughput figures).
     public var computeSeconds: Double
     public var tensors: [NamedHistogram]
-    public init(shard: Int, sampleCount: Int, computeSeconds: Double, tensors: [NamedHistogram]) {
+    /// Samples of the shard left out under the skip-and-count policy.
+    public var skipped: [SkippedSampleRecord]
+    public init(shard: Int, sampleCount: Int, computeSeconds: Double, tensors: [NamedHistogram],
+                skipped: [SkippedSampleRecord] = []) {
         self.shard = shard
         self.sampleCount = sampleCount
         self.computeSeconds = computeSeconds
         self.tensors = tensors
+        self.skipped = skipped
     }
 
     struct Header: Codable {
@@ -118,6 +122,8 @@ public struct ShardResult: Sendable, Equatable {
         var sample_count: Int
         var compute_seconds: Double
         var tensor_count: Int
+        /// Absent when no sample was skipped.
+        var skipped: [SkippedSampleRecord]?
     }
 }
 

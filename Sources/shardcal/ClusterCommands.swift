@@ -63,20 +63,34 @@ struct CoordinatorOptions: ParsableArguments {
     @Option(name: .long, help: "Seconds of silence before a worker's shards are re-leased (default: the config's cluster.worker_timeout).")
     var workerTimeout: Double?
 
-    /// Everything the coordinator needs, from the config file.
-    func makeConfig(endpoint: String, logger: Logger) throws -> CoordinatorConfig {
-        let job = try JobConfig.load(path: config)
+    @Option(name: .customLong("set"), parsing: .singleValue,
+            help: ArgumentHelp("Override a config value, in YAML syntax (repeatable), e.g. --set shard_size=32 --set 'dataset.preprocessing.mean=[0.5]'. Workers receive the overridden config.",
+                               valueName: "key.path=value"))
+    var overrides: [String] = []
+
+    @Flag(name: .long, inversion: .prefixedNo,
+          help: "Reuse earlier outputs of the same model and config digests instead of calibrating again (default: the config's outputs.reuse).")
+    var reuse: Bool?
+
+    /// The job file with the `--set` overrides applied.
+    func loadJob() throws -> JobConfig {
+        let parsed = try overrides.map { try ConfigOverride($0) }
+        return try JobConfig.load(path: config, overrides: parsed)
+    }
+
+    /// Everything the coordinator needs, from the config file and the command line.
+    func makeConfig(job: JobConfig, endpoint: String, logger: Logger) throws -> CoordinatorConfig {
         let dataset = try DatasetFactory.make(config: job.dataset, baseDirectory: job.baseDirectory, logger: logger)
         let plan = try job.shardPlan(sampleCount: dataset.sampleCount)
         guard let modelData = FileManager.default.contents(atPath: job.model.path) else {
             throw CLIError("cannot read model \(job.model.path)")
         }
-        guard let configData = FileManager.default.contents(atPath: config) else { throw CLIError("cannot read \(config)") }
+        guard let effective = job.effectiveYAML else { throw CLIError("cannot re-serialise \(config)") }
         let modelDigest = try JobConfig.modelDigest(path: job.model.path)
         var c = CoordinatorConfig(
             endpoint: endpoint, publishEndpoint: publish, jobID: "\(String(job.configDigest.prefix(12)))-\(getpid())",
             toolVersion: ToolInfo.version, modelDigest: modelDigest, configDigest: job.configDigest,
-            config: Array(configData), model: Array(modelData),
+            config: Array(effective.utf8), model: Array(modelData),
             shards: plan.ranges.enumerated().map { ShardSpec(id: $0.offset, indices: $0.element) })
         c.configBaseDirectory = job.baseDirectory
         c.heartbeatInterval = heartbeat ?? job.cluster.heartbeatInterval
@@ -105,6 +119,30 @@ struct CoordinatorOptions: ParsableArguments {
             c.resume = try StateFile.read(resume)
         }
         return c
+    }
+
+    /// Applies `outputs.reuse` (or `--reuse`): returns the outputs' paths when an earlier cache can
+    /// stand as it is; otherwise may set `cfg.resume` from an earlier state and returns nil.
+    func applyReuse(job: JobConfig, to cfg: inout CoordinatorConfig, logger: Logger) throws -> (cache: String, table: String)? {
+        guard reuse ?? job.outputs.reuse, resume == nil, let outputs = cfg.outputs else { return nil }
+        let decision = try CalibrationReuse.decide(
+            statePath: outputs.statePath, cachePath: outputs.cachePath, tablePath: outputs.tablePath,
+            modelDigest: cfg.modelDigest, configDigest: cfg.configDigest, shardIDs: Set(cfg.shards.map(\.id)),
+            cacheVersion: outputs.cacheVersion, cacheAlgorithm: outputs.cacheAlgorithm)
+        switch decision {
+        case let .completeState(state, path):
+            logger.notice("reusing \(path): every shard of this model and config is merged; searching it again, no workers needed")
+            cfg.resume = state
+        case let .partialState(state, path):
+            logger.notice("reusing \(path): continuing with the \(cfg.shards.count - state.shards.count) shards it lacks")
+            cfg.resume = state
+        case let .cache(cache, table):
+            logger.notice("reusing \(cache): its table \(table) names this model and config digest; nothing to compute")
+            return (cache, table)
+        case let .compute(reason):
+            logger.notice("nothing to reuse: \(reason)")
+        }
+        return nil
     }
 }
 
@@ -154,6 +192,15 @@ final class ProgressPrinter: @unchecked Sendable {
     }
 }
 
+/// The skipped-samples line of the summary (nil when none was skipped).
+func describeSkipped(_ result: CoordinatorResult, outputs: CalibrationOutputs?) -> String? {
+    let skipped = result.state.skippedSamples
+    guard !skipped.isEmpty else { return nil }
+    let listed = outputs?.tablePath.map { " (all listed in \($0) under skipped_samples)" } ?? ""
+    let first = skipped.prefix(3).map(\.description).joined(separator: "; ")
+    return "skipped \(skipped.count) unreadable samples\(listed): \(first)\(skipped.count > 3 ? "; ..." : "")"
+}
+
 func describeCounters(_ stats: CoordinatorStats) -> String {
     "merged \(stats.resultsMerged), duplicates \(stats.duplicates), malformed \(stats.malformed), refused \(stats.refused), " +
         "expired workers \(stats.expiredWorkers), failures \(stats.failures), checkpoints \(stats.checkpoints)"
@@ -198,13 +245,18 @@ struct CoordinatorCommand: ParsableCommand {
 
     func run() throws {
         let logger = global.makeLogger("shardcal.coordinator")
-        let job = try JobConfig.load(path: options.config)
-        let cfg = try options.makeConfig(endpoint: bind ?? job.cluster.bind, logger: logger)
+        let job = try options.loadJob()
+        var cfg = try options.makeConfig(job: job, endpoint: bind ?? job.cluster.bind, logger: logger)
+        if let reused = try options.applyReuse(job: job, to: &cfg, logger: logger) {
+            print("reused \(reused.cache) and \(reused.table) (same model and config digests); nothing calibrated")
+            return
+        }
         let context = try ZMQContext()
         defer { context.terminate() }
         let result = try runCoordinator(cfg, context: context, logger: logger, progress: ProgressPrinter()) { _, _ in }
         print("calibrated \(result.state.tensorNames.count) tensors from \(result.state.shards.count) shards in " +
               String(format: "%.2f s", result.elapsedSeconds) + " (\(describeCounters(result.stats)))")
+        if let line = describeSkipped(result, outputs: cfg.outputs) { print(line) }
     }
 }
 
@@ -296,12 +348,17 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         let logger = global.makeLogger("shardcal.run")
-        let job = try JobConfig.load(path: options.config)
-        let count = workers ?? (job.cluster.workers > 0 ? job.cluster.workers : ProcessInfo.processInfo.activeProcessorCount)
+        let job = try options.loadJob()
+        var count = workers ?? (job.cluster.workers > 0 ? job.cluster.workers : ProcessInfo.processInfo.activeProcessorCount)
         let socketDir = NSTemporaryDirectory() + "shardcal-\(getpid())"
         try FileManager.default.createDirectory(atPath: socketDir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: socketDir) }
-        let cfg = try options.makeConfig(endpoint: "ipc://\(socketDir)/coordinator", logger: logger)
+        var cfg = try options.makeConfig(job: job, endpoint: "ipc://\(socketDir)/coordinator", logger: logger)
+        if let reused = try options.applyReuse(job: job, to: &cfg, logger: logger) {
+            print("reused \(reused.cache) and \(reused.table) (same model and config digests); nothing calibrated")
+            return
+        }
+        if let merged = cfg.resume?.shards, Set(cfg.shards.map(\.id)).isSubset(of: merged) { count = 0 }
         let context = try ZMQContext()
         defer { context.terminate() }
         let executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
@@ -324,6 +381,7 @@ struct RunCommand: ParsableCommand {
         print(TableRendering.thresholds(result.table), terminator: "")
         print("calibrated \(result.state.tensorNames.count) tensors from \(result.state.shards.count) shards with \(count) workers in " +
               String(format: "%.2f s", result.elapsedSeconds) + " (\(describeCounters(result.stats)))")
+        if let line = describeSkipped(result, outputs: cfg.outputs) { print(line) }
         if let out = cfg.outputs {
             for path in [out.cachePath, out.tablePath, out.statePath].compactMap({ $0 }) { print("wrote \(path)") }
         }

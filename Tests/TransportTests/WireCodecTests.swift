@@ -42,6 +42,8 @@ struct WireCodecTests {
             .lease(Lease(shard: 3, start: 24, end: 32)),
             .result(ShardResult(shard: 3, sampleCount: 8, computeSeconds: 0.25, tensors: sampleTensors)),
             .result(ShardResult(shard: 0, sampleCount: 0, computeSeconds: 0, tensors: [])),
+            .result(ShardResult(shard: 2, sampleCount: 8, computeSeconds: 0.5, tensors: sampleTensors,
+                                skipped: [SkippedSampleRecord(index: 17, file: "/data/a \"b\".jpg", reason: "truncated")])),
             .ack(Ack(shard: 3, duplicate: false)),
             .fail(Fail(shard: 4, file: "/data/img_0042.jpg", reason: "JPEG header truncated")),
             .fail(Fail(shard: 4, file: nil, reason: "out of memory")),
