@@ -21,10 +21,11 @@ public enum CalibrationReuse {
     /// - Parameters:
     ///   - statePath, cachePath, tablePath: the job's output paths (nil when not configured).
     ///   - shardIDs: the shards of this job's plan.
+    ///   - sampleCount: the job's sample count; a cache is only reused when its table records the same.
     /// - Throws: ``FileError`` when a state file exists but is damaged (reusing it is impossible,
     ///   and silently overwriting it would hide the damage).
     public static func decide(statePath: String?, cachePath: String?, tablePath: String?,
-                              modelDigest: String, configDigest: String, shardIDs: Set<Int>,
+                              modelDigest: String, configDigest: String, shardIDs: Set<Int>, sampleCount: Int? = nil,
                               cacheVersion: String = TensorRTCache.defaultVersion,
                               cacheAlgorithm: String = TensorRTCache.defaultAlgorithm) throws(FileError) -> ReuseDecision {
         let fm = FileManager.default
@@ -55,6 +56,12 @@ public enum CalibrationReuse {
         }
         if model != modelDigest { return .compute(reason: "\(cachePath) is for another model (digest \(model.prefix(12)))") }
         if config != configDigest { return .compute(reason: "\(cachePath) is for another configuration (digest \(config.prefix(12)))") }
+        if let sampleCount {
+            // The config digest leaves the sample count out (states record it), so the table must say it.
+            guard let samples = info["samples"] as? String, samples == String(sampleCount) else {
+                return .compute(reason: "\(cachePath) was calibrated on \(info["samples"] as? String ?? "an unrecorded number of") samples, this job has \(sampleCount)")
+            }
+        }
         let text = String(decoding: fm.contents(atPath: cachePath) ?? Data(), as: UTF8.self)
         do {
             _ = try TensorRTCache.parse(text, expectingVersion: cacheVersion, algorithm: cacheAlgorithm)

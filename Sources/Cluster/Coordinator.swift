@@ -459,30 +459,42 @@ struct CoordinatorLoop {
         send(.error(ErrorReport(code: "unknown_worker", reason: "\(type) from a worker that has not been admitted; send HELLO")), to: key)
     }
 
+    /// Drops an inconsistent result: counted as malformed, the sender is told why, and the shard
+    /// counts one failed attempt (so a worker that keeps sending the same bad result cannot spin
+    /// the run forever: after `maxFailures` attempts the run stops naming the reason).
+    mutating func reject(_ result: ShardResult, from key: [UInt8], now: Double, why: String) throws {
+        stats.malformed += 1
+        note("dropped \(why) from \(name(of: key))", level: .warning)
+        send(.error(ErrorReport(code: "malformed", reason: why)), to: key)
+        switch scheduler.fail(shard: result.shard, from: key, now: now) {
+        case .retry, .ignored:
+            break
+        case .giveUp(let attempts):
+            note("shard \(result.shard): giving up after \(attempts) inconsistent results", level: .error)
+            try checkpoint(reason: "shard failure")
+            broadcastDone(Done(outcome: "failed", reason: why))
+            throw CoordinatorError.shardFailed(shard: result.shard, file: nil, reason: why, attempts: attempts)
+        }
+    }
+
     mutating func accept(_ result: ShardResult, from key: [UInt8], now: Double) throws {
         guard scheduler.everAdmitted.contains(key) else { return unknownWorker(key, "RESULT") }
-        // Every result must carry the same tensors as the ones merged before it.
-        if !state.tensorNames.isEmpty {
+        // Every result must carry the same tensors as the ones merged before it; a shard whose
+        // samples were all skipped (skip-and-count) carries none.
+        let allSkipped = result.tensors.isEmpty && result.sampleCount > 0 && result.skipped.count == result.sampleCount
+        if !state.tensorNames.isEmpty && !allSkipped {
             let names = result.tensors.map(\.name)
             if names != state.tensorNames && Set(names) != Set(state.tensorNames) {
-                stats.malformed += 1
                 let missing = Set(state.tensorNames).subtracting(names).sorted().prefix(5)
                 let extra = Set(names).subtracting(state.tensorNames).sorted().prefix(5)
-                let why = "result for shard \(result.shard) has other tensors (missing \(Array(missing)), extra \(Array(extra)))"
-                note("dropped \(why) from \(name(of: key))", level: .warning)
-                send(.error(ErrorReport(code: "malformed", reason: why)), to: key)
-                scheduler.requeue(shard: result.shard)
-                return
+                return try reject(result, from: key, now: now,
+                                  why: "result for shard \(result.shard) has other tensors (missing \(Array(missing)), extra \(Array(extra)))")
             }
         }
         if !result.skipped.isEmpty, let spec = cfg.shards.first(where: { $0.id == result.shard }),
            let outside = result.skipped.first(where: { !spec.indices.contains($0.index) }) {
-            stats.malformed += 1
-            let why = "result for shard \(result.shard) (samples \(spec.indices)) lists skipped sample \(outside.index) outside it"
-            note("dropped \(why) from \(name(of: key))", level: .warning)
-            send(.error(ErrorReport(code: "malformed", reason: why)), to: key)
-            scheduler.requeue(shard: result.shard)
-            return
+            return try reject(result, from: key, now: now,
+                              why: "result for shard \(result.shard) (samples \(spec.indices)) lists skipped sample \(outside.index) outside it")
         }
         switch scheduler.complete(shard: result.shard, from: key, samples: result.sampleCount,
                                   computeSeconds: result.computeSeconds, now: now) {
@@ -547,7 +559,8 @@ struct CoordinatorLoop {
         let version = cfg.outputs?.cacheVersion ?? TensorRTCache.defaultVersion
         let algorithm = cfg.outputs?.cacheAlgorithm ?? TensorRTCache.defaultAlgorithm
         let cacheText = table.tensorRTCache(version: version, algorithm: algorithm).text()
-        let info = ["job_id": cfg.jobID, "model_digest": cfg.modelDigest, "config_digest": cfg.configDigest]
+        var info = ["job_id": cfg.jobID, "model_digest": cfg.modelDigest, "config_digest": cfg.configDigest]
+        if let samples = cfg.stateInfo["samples"] { info["samples"] = samples }
         if let outputs = cfg.outputs {
             do { try outputs.write(table: table, state: state, info: info) } catch { throw CoordinatorError.output("\(error)") }
         }

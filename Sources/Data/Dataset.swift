@@ -143,22 +143,57 @@ public enum DataError: Error, Sendable, Hashable, CustomStringConvertible {
 public struct ShardPlan: Sendable, Hashable, Codable {
     public let sampleCount: Int
     public let shardSize: Int
+    /// Sample counts of the plan's segments, in index order. A first run has one segment; each
+    /// resume with a larger dataset appends one for the new samples, so the shards an earlier
+    /// state merged keep their ids and index ranges (even a short last shard), and new shards
+    /// only cover new samples.
+    public let segments: [Int]
+    /// First shard id and first sample of each segment.
+    private let segmentStarts: [(shard: Int, sample: Int)]
 
     public init(sampleCount: Int, shardSize: Int) throws {
-        guard sampleCount >= 0 else { throw DataError.unsupported("sample count \(sampleCount) is negative") }
-        guard shardSize > 0 else { throw DataError.unsupported("shard size must be positive, got \(shardSize)") }
-        self.sampleCount = sampleCount
-        self.shardSize = shardSize
+        try self.init(segments: sampleCount == 0 ? [] : [sampleCount], shardSize: shardSize)
     }
 
-    /// Number of shards (the last may be shorter).
-    public var shardCount: Int { sampleCount == 0 ? 0 : (sampleCount + shardSize - 1) / shardSize }
+    /// A plan of several segments (see ``segments``).
+    public init(segments: [Int], shardSize: Int) throws {
+        if let bad = segments.first(where: { $0 <= 0 }) {
+            throw DataError.unsupported(bad < 0 ? "sample count \(bad) is negative" : "a plan segment cannot be empty")
+        }
+        guard shardSize > 0 else { throw DataError.unsupported("shard size must be positive, got \(shardSize)") }
+        self.segments = segments
+        self.shardSize = shardSize
+        var starts: [(Int, Int)] = []
+        var shard = 0, sample = 0
+        for count in segments {
+            starts.append((shard, sample))
+            shard += (count + shardSize - 1) / shardSize
+            sample += count
+        }
+        segmentStarts = starts
+        sampleCount = sample
+    }
+
+    /// This plan with a segment for samples `sampleCount ..< newCount` appended (itself when equal).
+    public func extended(to newCount: Int) throws -> ShardPlan {
+        guard newCount >= sampleCount else {
+            throw DataError.unsupported("the dataset has \(newCount) samples, fewer than the \(sampleCount) already planned")
+        }
+        return newCount == sampleCount ? self : try ShardPlan(segments: segments + [newCount - sampleCount], shardSize: shardSize)
+    }
+
+    /// Number of shards (the last of each segment may be shorter).
+    public var shardCount: Int {
+        guard let last = segmentStarts.last, let count = segments.last else { return 0 }
+        return last.shard + (count + shardSize - 1) / shardSize
+    }
 
     /// The index range of shard `shard` (`0 ..< shardCount`).
     public func range(ofShard shard: Int) -> Range<Int> {
         precondition(shard >= 0 && shard < shardCount, "shard \(shard) out of range 0..<\(shardCount)")
-        let start = shard * shardSize
-        return start ..< min(start + shardSize, sampleCount)
+        let s = segmentStarts.lastIndex { $0.shard <= shard }!
+        let start = segmentStarts[s].sample + (shard - segmentStarts[s].shard) * shardSize
+        return start ..< min(start + shardSize, segmentStarts[s].sample + segments[s])
     }
 
     /// All shard ranges in order.
@@ -167,7 +202,34 @@ public struct ShardPlan: Sendable, Hashable, Codable {
     /// The shard holding sample `index`.
     public func shard(containing index: Int) -> Int {
         precondition(index >= 0 && index < sampleCount, "index \(index) out of range 0..<\(sampleCount)")
-        return index / shardSize
+        let s = segmentStarts.lastIndex { $0.sample <= index }!
+        return segmentStarts[s].shard + (index - segmentStarts[s].sample) / shardSize
+    }
+
+    /// The segments as text for a state file's info (`"1000,500"`), and back.
+    public var segmentsText: String { segments.map(String.init).joined(separator: ",") }
+    public init(segmentsText: String, shardSize: Int) throws {
+        let parts = segmentsText.split(separator: ",").map { Int(String($0)) }
+        guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else {
+            throw DataError.unsupported("plan segments '\(segmentsText)' are not a list of sample counts")
+        }
+        try self.init(segments: parts.map { $0! }, shardSize: shardSize)
+    }
+
+    enum CodingKeys: String, CodingKey { case segments, shardSize = "shard_size" }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        try self.init(segments: try c.decode([Int].self, forKey: .segments), shardSize: try c.decode(Int.self, forKey: .shardSize))
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(segments, forKey: .segments)
+        try c.encode(shardSize, forKey: .shardSize)
+    }
+    public static func == (a: ShardPlan, b: ShardPlan) -> Bool { a.segments == b.segments && a.shardSize == b.shardSize }
+    public func hash(into h: inout Hasher) {
+        h.combine(segments)
+        h.combine(shardSize)
     }
 }
 

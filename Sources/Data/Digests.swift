@@ -6,18 +6,19 @@ import Darwin
 #endif
 
 extension JobConfig {
-    /// The canonical text the config digest is computed over: the fields that change the merged
-    /// histograms (dataset source and selection, preprocessing, shard size, tensor selection), one
+    /// The canonical text the config digest is computed over: the fields that change what each
+    /// sample contributes (dataset source, preprocessing, shard size, tensor selection), one
     /// `key=value` per line in a fixed order. Output paths, cluster settings, batch size, methods
-    /// and the corrupt-sample policy are deliberately left out. Paths appear as written in the file.
+    /// and the corrupt-sample policy are deliberately left out, and so is `dataset.limit`: how
+    /// many samples a state covers is recorded in the state itself (its plan segments), so a
+    /// state can be resumed with a larger dataset. Paths appear as written in the file.
     public var canonicalDigestText: String {
         let p = dataset.preprocessing
         func floats(_ v: [Float]) -> String { v.map { "\($0)" }.joined(separator: ",") }
         func list(_ v: [String]) -> String { v.sorted().joined(separator: ",") }
-        var lines = ["shardcal-config-digest v1"]
+        var lines = ["shardcal-config-digest v2"]
         lines.append("dataset.kind=\(dataset.kind.rawValue)")
         lines.append("dataset.path=\(rawPaths["dataset.path"] ?? dataset.path)")
-        lines.append("dataset.limit=\(dataset.limit.map(String.init) ?? "all")")
         if dataset.kind == .imageFolder {
             lines.append("dataset.extensions=\(list(dataset.extensions))")
             lines.append("dataset.recursive=\(dataset.recursive)")
@@ -44,6 +45,21 @@ extension JobConfig {
     /// sha256 (lower-case hex) of ``canonicalDigestText``: equal digests mean equal histograms for the same model.
     public var configDigest: String {
         hex(SHA256.hash(data: Array(canonicalDigestText.utf8)))
+    }
+
+    /// sha256 (lower-case hex) over the names of the first `count` samples of an image dataset
+    /// (paths relative to `root`, one per line), or nil for array datasets (npy, IDX), whose
+    /// samples are identified by index. A resumed state is only extended when the dataset's first
+    /// samples are still the ones it merged: images inserted into a folder would shift them.
+    public static func sampleNamesDigest(_ dataset: any CalibrationDataset, count: Int, root: String) -> String? {
+        guard let images = dataset as? ImageDataset, count <= images.paths.count else { return nil }
+        let prefix = root.hasSuffix("/") ? root : root + "/"
+        var hasher = SHA256()
+        for path in images.paths.prefix(count) {
+            let name = path.hasPrefix(prefix) ? String(path.dropFirst(prefix.count)) : path
+            hasher.update(data: Array((name + "\n").utf8))
+        }
+        return hex(hasher.finalize())
     }
 
     /// sha256 (lower-case hex) of a file's bytes, read in 1 MiB chunks.

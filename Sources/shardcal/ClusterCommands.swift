@@ -78,10 +78,17 @@ struct CoordinatorOptions: ParsableArguments {
         return try JobConfig.load(path: config, overrides: parsed)
     }
 
-    /// Everything the coordinator needs, from the config file and the command line.
-    func makeConfig(job: JobConfig, endpoint: String, logger: Logger) throws -> CoordinatorConfig {
+    /// What a coordinator will do: run (possibly continuing an earlier state), or nothing because
+    /// an earlier cache stands as it is.
+    enum Prepared {
+        case run(CoordinatorConfig)
+        case reusedCache(cache: String, table: String)
+    }
+
+    /// Everything the coordinator needs, from the config file and the command line: the shard
+    /// plan (extended from the state being continued, if any), outputs, and the reuse decision.
+    func prepare(job: JobConfig, endpoint: String, logger: Logger) throws -> Prepared {
         let dataset = try DatasetFactory.make(config: job.dataset, baseDirectory: job.baseDirectory, logger: logger)
-        let plan = try job.shardPlan(sampleCount: dataset.sampleCount)
         guard let modelData = FileManager.default.contents(atPath: job.model.path) else {
             throw CLIError("cannot read model \(job.model.path)")
         }
@@ -90,8 +97,7 @@ struct CoordinatorOptions: ParsableArguments {
         var c = CoordinatorConfig(
             endpoint: endpoint, publishEndpoint: publish, jobID: "\(String(job.configDigest.prefix(12)))-\(getpid())",
             toolVersion: ToolInfo.version, modelDigest: modelDigest, configDigest: job.configDigest,
-            config: Array(effective.utf8), model: Array(modelData),
-            shards: plan.ranges.enumerated().map { ShardSpec(id: $0.offset, indices: $0.element) })
+            config: Array(effective.utf8), model: Array(modelData), shards: [])
         c.configBaseDirectory = job.baseDirectory
         c.heartbeatInterval = heartbeat ?? job.cluster.heartbeatInterval
         c.livenessTimeout = workerTimeout ?? job.cluster.workerTimeout
@@ -102,7 +108,6 @@ struct CoordinatorOptions: ParsableArguments {
         c.method = primaryMethod(of: job)
         c.publishTopic = topic
         c.publishHoldSeconds = publishHold
-        c.stateInfo = ["samples": String(dataset.sampleCount), "shard_size": String(job.shardSize)]
         let header = job.outputs.cacheHeader
         var outputs = CalibrationOutputs(cachePath: job.outputs.cachePath, tablePath: job.outputs.tablePath,
                                          statePath: job.outputs.statePath,
@@ -115,34 +120,102 @@ struct CoordinatorOptions: ParsableArguments {
         }
         c.outputs = outputs
         c.checkpointPath = checkpoint ?? outputs.statePath
-        if let resume {
-            c.resume = try StateFile.read(resume)
+
+        let datasetRoot = job.dataset.kind == .imageList ? (job.dataset.path as NSString).deletingLastPathComponent : job.dataset.path
+        let planner = ShardPlanner(job: job, modelDigest: modelDigest, sampleCount: dataset.sampleCount) { count in
+            JobConfig.sampleNamesDigest(dataset, count: count, root: datasetRoot)
         }
-        return c
+        var plan = try job.shardPlan(sampleCount: dataset.sampleCount)
+        if let resume {
+            let state = try StateFile.read(resume)
+            c.resume = state
+            plan = try planner.plan(continuing: state, path: resume)
+        } else if reuse ?? job.outputs.reuse {
+            switch try reuseDecision(planner: planner, outputs: outputs, modelDigest: modelDigest, job: job, logger: logger) {
+            case let .state(state, plan: continued): c.resume = state; plan = continued
+            case let .cache(cache, table): return .reusedCache(cache: cache, table: table)
+            case .none: break
+            }
+        }
+        c.shards = plan.ranges.enumerated().map { ShardSpec(id: $0.offset, indices: $0.element) }
+        c.stateInfo = ["samples": String(dataset.sampleCount), "shard_size": String(job.shardSize), "segments": plan.segmentsText]
+        if let names = JobConfig.sampleNamesDigest(dataset, count: dataset.sampleCount, root: datasetRoot) { c.stateInfo["sample_names"] = names }
+        if plan.segments.count > 1, let base = c.resume {
+            logger.notice("continuing a state of \(plan.sampleCount - plan.segments.last!) samples with \(plan.segments.last!) new ones: \(c.shards.count - base.shards.count) shards to compute")
+        }
+        return .run(c)
     }
 
-    /// Applies `outputs.reuse` (or `--reuse`): returns the outputs' paths when an earlier cache can
-    /// stand as it is; otherwise may set `cfg.resume` from an earlier state and returns nil.
-    func applyReuse(job: JobConfig, to cfg: inout CoordinatorConfig, logger: Logger) throws -> (cache: String, table: String)? {
-        guard reuse ?? job.outputs.reuse, resume == nil, let outputs = cfg.outputs else { return nil }
+    enum ReuseFound {
+        case state(CalibrationState, plan: ShardPlan)
+        case cache(String, String)
+    }
+
+    /// Applies `outputs.reuse` (or `--reuse`), as TensorRT's `readCalibrationCache` does, but only
+    /// for outputs that carry this model's and this configuration's digests.
+    func reuseDecision(planner: ShardPlanner, outputs: CalibrationOutputs, modelDigest: String, job: JobConfig,
+                       logger: Logger) throws -> ReuseFound? {
+        // The plan the earlier state implies, grown to this dataset (nil: that state cannot be continued).
+        var continued: (CalibrationState, ShardPlan)?
+        var why: String?
+        if let path = outputs.statePath, FileManager.default.fileExists(atPath: path) {
+            let state: CalibrationState
+            do { state = try StateFile.read(path) } catch { throw CLIError("outputs.reuse: \(error)") }
+            do { continued = (state, try planner.plan(continuing: state, path: path)) } catch { why = "\(error)" }
+        }
+        let plan = try continued?.1 ?? job.shardPlan(sampleCount: planner.sampleCount)
         let decision = try CalibrationReuse.decide(
-            statePath: outputs.statePath, cachePath: outputs.cachePath, tablePath: outputs.tablePath,
-            modelDigest: cfg.modelDigest, configDigest: cfg.configDigest, shardIDs: Set(cfg.shards.map(\.id)),
-            cacheVersion: outputs.cacheVersion, cacheAlgorithm: outputs.cacheAlgorithm)
+            statePath: continued == nil ? nil : outputs.statePath, cachePath: outputs.cachePath, tablePath: outputs.tablePath,
+            modelDigest: modelDigest, configDigest: job.configDigest, shardIDs: Set(0 ..< plan.shardCount),
+            sampleCount: planner.sampleCount, cacheVersion: outputs.cacheVersion, cacheAlgorithm: outputs.cacheAlgorithm)
+        if let why { logger.notice("not continuing \(outputs.statePath!): \(why)") }
         switch decision {
         case let .completeState(state, path):
             logger.notice("reusing \(path): every shard of this model and config is merged; searching it again, no workers needed")
-            cfg.resume = state
+            return .state(state, plan: plan)
         case let .partialState(state, path):
-            logger.notice("reusing \(path): continuing with the \(cfg.shards.count - state.shards.count) shards it lacks")
-            cfg.resume = state
+            logger.notice("reusing \(path): continuing with the \(plan.shardCount - state.shards.count) shards it lacks")
+            return .state(state, plan: plan)
         case let .cache(cache, table):
-            logger.notice("reusing \(cache): its table \(table) names this model and config digest; nothing to compute")
-            return (cache, table)
+            logger.notice("reusing \(cache): its table \(table) names this model, config digest and sample count; nothing to compute")
+            return .cache(cache, table)
         case let .compute(reason):
             logger.notice("nothing to reuse: \(reason)")
+            return nil
         }
-        return nil
+    }
+}
+
+/// The shard plan of a job, possibly continuing an earlier state (see ``ShardPlan/segments``).
+struct ShardPlanner {
+    let job: JobConfig
+    let modelDigest: String
+    let sampleCount: Int
+    /// Digest of the names of the dataset's first `n` samples (nil for array datasets).
+    let sampleNames: (Int) -> String?
+
+    /// The plan that continues `state`: its own shards as they were, plus new shards for any samples
+    /// the dataset has beyond them. A state of another model or configuration gets the plain plan
+    /// (the coordinator then refuses it, naming both digests).
+    func plan(continuing state: CalibrationState, path: String) throws -> ShardPlan {
+        let fresh = try job.shardPlan(sampleCount: sampleCount)
+        guard state.modelDigest == modelDigest, state.configDigest == job.configDigest else { return fresh }
+        let old: ShardPlan
+        if let text = state.info["segments"] {
+            old = try ShardPlan(segmentsText: text, shardSize: job.shardSize)
+        } else if let samples = state.info["samples"].flatMap({ Int($0) }) {
+            old = try ShardPlan(sampleCount: samples, shardSize: job.shardSize)
+        } else {
+            return fresh
+        }
+        guard sampleCount >= old.sampleCount else {
+            throw CLIError("cannot continue \(path): it covers \(old.sampleCount) samples but the dataset now has only \(sampleCount) (dataset.limit or files removed?)")
+        }
+        if sampleCount > old.sampleCount, let recorded = state.info["sample_names"], let now = sampleNames(old.sampleCount), recorded != now {
+            throw CLIError("cannot continue \(path) with a larger dataset: its first \(old.sampleCount) samples are no longer the ones the state merged " +
+                           "(images inserted, renamed or reordered); new samples must come after them (e.g. a list file with lines appended)")
+        }
+        return try old.extended(to: sampleCount)
     }
 }
 
@@ -246,9 +319,11 @@ struct CoordinatorCommand: ParsableCommand {
     func run() throws {
         let logger = global.makeLogger("shardcal.coordinator")
         let job = try options.loadJob()
-        var cfg = try options.makeConfig(job: job, endpoint: bind ?? job.cluster.bind, logger: logger)
-        if let reused = try options.applyReuse(job: job, to: &cfg, logger: logger) {
-            print("reused \(reused.cache) and \(reused.table) (same model and config digests); nothing calibrated")
+        let cfg: CoordinatorConfig
+        switch try options.prepare(job: job, endpoint: bind ?? job.cluster.bind, logger: logger) {
+        case .run(let c): cfg = c
+        case let .reusedCache(cache, table):
+            print("reused \(cache) and \(table) (same model and config digests); nothing calibrated")
             return
         }
         let context = try ZMQContext()
@@ -353,9 +428,11 @@ struct RunCommand: ParsableCommand {
         let socketDir = NSTemporaryDirectory() + "shardcal-\(getpid())"
         try FileManager.default.createDirectory(atPath: socketDir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: socketDir) }
-        var cfg = try options.makeConfig(job: job, endpoint: "ipc://\(socketDir)/coordinator", logger: logger)
-        if let reused = try options.applyReuse(job: job, to: &cfg, logger: logger) {
-            print("reused \(reused.cache) and \(reused.table) (same model and config digests); nothing calibrated")
+        let cfg: CoordinatorConfig
+        switch try options.prepare(job: job, endpoint: "ipc://\(socketDir)/coordinator", logger: logger) {
+        case .run(let c): cfg = c
+        case let .reusedCache(cache, table):
+            print("reused \(cache) and \(table) (same model and config digests); nothing calibrated")
             return
         }
         if let merged = cfg.resume?.shards, Set(cfg.shards.map(\.id)).isSubset(of: merged) { count = 0 }

@@ -98,12 +98,19 @@ import Testing
         #expect(cacheOnly.stdout.contains("nothing calibrated"), "\(cacheOnly.stdout)")
         #expect(!FileManager.default.fileExists(atPath: out + "/calibration.state"))
 
-        // Another configuration (more samples): the cache is not reused, and the log says why.
+        // More samples: the cache (with no state to continue) is not reused, and the log says why.
         let other = try CLI.run(["run", "--config", Self.demoConfig.path, "--out", out, "--workers", "1",
                                  "--set", "dataset.limit=150", "--reuse"])
         #expect(other.status == 0, "\(other.stderr)")
         #expect(other.stdout.contains("(merged 3,"), "\(other.stdout)")
-        #expect(other.stderr.contains("is for another configuration"), "\(other.stderr)")
+        #expect(other.stderr.contains("was calibrated on 100 samples, this job has 150"), "\(other.stderr)")
+
+        // Another configuration: not reused either.
+        let preprocessing = try CLI.run(["run", "--config", Self.demoConfig.path, "--out", out, "--workers", "1",
+                                         "--set", "dataset.limit=150", "--set", "dataset.preprocessing.scale=0.5", "--reuse"])
+        #expect(preprocessing.status == 0, "\(preprocessing.stderr)")
+        #expect(preprocessing.stdout.contains("(merged 3,"), "\(preprocessing.stdout)")
+        #expect(preprocessing.stderr.contains("is for another configuration"), "\(preprocessing.stderr)")
 
         // A damaged state is an error, not silently overwritten.
         var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: out + "/calibration.state")))
@@ -113,6 +120,75 @@ import Testing
                                    "--set", "dataset.limit=150", "--reuse"])
         #expect(damaged.status != 0)
         #expect(damaged.stderr.contains("calibration.state"), "\(damaged.stderr)")
+    }
+}
+
+/// `--resume` with a larger dataset: the state's shards keep their ranges (its short last shard
+/// included), only new samples are computed, and the result equals a fresh run on all of them.
+@Suite(.serialized) struct GrowingDatasetTests {
+    @Test func resumingWithMoreSamplesComputesOnlyTheNewShards() throws {
+        guard DemoTests.datasetPresent else {
+            print("skipped: Debian's dataset-fashion-mnist is not installed (scripts/bootstrap installs it)")
+            return
+        }
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let config = RunOptionsTests.demoConfig.path
+        func run(_ out: String, _ extra: [String]) throws -> CLI.Result {
+            try CLI.run(["run", "--config", config, "--out", dir.appendingPathComponent(out).path, "--workers", "2"] + extra)
+        }
+        // 120 samples in shards of 50 (the last one short), then 230.
+        let small = try run("small", ["--set", "dataset.limit=120"])
+        #expect(small.status == 0, "\(small.stderr)")
+        let smallState = dir.appendingPathComponent("small/calibration.state").path
+        let grown = try run("grown", ["--set", "dataset.limit=230", "--resume", smallState])
+        #expect(grown.status == 0, "\(grown.stderr)")
+        #expect(grown.stdout.contains("(merged 3,"), "120..<230 is three new shards of 50, 50, 10: \(grown.stdout)")
+        #expect(grown.stderr.contains("continuing a state of 120 samples with 110 new ones"), "\(grown.stderr)")
+        let fresh = try run("fresh", ["--set", "dataset.limit=230"])
+        #expect(fresh.status == 0, "\(fresh.stderr)")
+        let grownState = try StateFile.read(dir.appendingPathComponent("grown/calibration.state").path)
+        let freshState = try StateFile.read(dir.appendingPathComponent("fresh/calibration.state").path)
+        #expect(grownState.shards == Set(0..<6) && freshState.shards == Set(0..<5))
+        #expect(grownState.info["segments"] == "120,110" && freshState.info["segments"] == "230")
+        // Exact merging: any partition of the same samples gives the same histograms and cache.
+        #expect(grownState.orderedHistograms == freshState.orderedHistograms)
+        let cacheGrown = try String(contentsOfFile: dir.appendingPathComponent("grown/calibration.cache").path, encoding: .utf8)
+        let cacheFresh = try String(contentsOfFile: dir.appendingPathComponent("fresh/calibration.cache").path, encoding: .utf8)
+        #expect(cacheGrown == cacheFresh)
+
+        // Continuing the grown state with the same dataset computes nothing; a smaller one is refused.
+        let same = try run("again", ["--set", "dataset.limit=230", "--resume", dir.appendingPathComponent("grown/calibration.state").path])
+        #expect(same.stdout.contains("(merged 0,"), "\(same.stdout)")
+        let shrunk = try run("shrunk", ["--set", "dataset.limit=100", "--resume", dir.appendingPathComponent("grown/calibration.state").path])
+        #expect(shrunk.status != 0)
+        #expect(shrunk.stderr.contains("covers 230 samples but the dataset now has only 100"), "\(shrunk.stderr)")
+    }
+
+    @Test func aGrownImageListMustKeepItsFirstImages() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let mixed = SkippedSampleTests.fixtures.appendingPathComponent("mixed")
+        func list(_ names: [Int]) throws {
+            try names.map { mixed.appendingPathComponent("img\($0).jpg").path }.joined(separator: "\n")
+                .write(toFile: dir.appendingPathComponent("list.txt").path, atomically: true, encoding: .utf8)
+        }
+        let (config, _) = try SkippedSampleTests.job(in: dir, policy: "fail-fast")
+        try list([0, 1])
+        #expect(try CLI.run(["run", "--config", config, "--workers", "1"]).status == 0)
+        let state = dir.appendingPathComponent("out/calibration.state").path
+        let copy = dir.appendingPathComponent("first.state").path
+        try FileManager.default.copyItem(atPath: state, toPath: copy)
+        // An image inserted before the old ones: refused, the first samples changed.
+        try list([2, 0, 1])
+        let inserted = try CLI.run(["run", "--config", config, "--workers", "1", "--resume", copy])
+        #expect(inserted.status != 0)
+        #expect(inserted.stderr.contains("no longer the ones the state merged"), "\(inserted.stderr)")
+        // Appended: only the new images are computed.
+        try list([0, 1, 2, 3])
+        let appended = try CLI.run(["run", "--config", config, "--workers", "1", "--resume", copy])
+        #expect(appended.status == 0, "\(appended.stderr)")
+        #expect(appended.stdout.contains("(merged 1,"), "2..<4 is one new shard of 3 or fewer: \(appended.stdout)")
     }
 }
 

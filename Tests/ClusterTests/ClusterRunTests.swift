@@ -208,6 +208,53 @@ struct ClusterRunTests {
         }
     }
 
+    @Test("a shard whose samples were all skipped merges as nothing, whenever it arrives; its samples are listed")
+    func allSkippedShard() throws {
+        for lastShard in [0, 15] {
+            let ctx = try ZMQContext()
+            defer { ctx.terminate() }
+            let (coordinator, endpoint, _) = try startCoordinator(makeCoordinatorConfig(sampleCount: Self.samples, shardSize: Self.shardSize), context: ctx)
+            let b = FakeComputer.Behaviour()
+            b.allSkipped = [3]
+            // Shard 3 arrives first (no tensors merged yet) or after the others.
+            b.delayMicroseconds = { id in id == 3 && lastShard == 15 ? 200_000 : 0 }
+            let w = WorkerThread(context: ctx, endpoint: endpoint, name: "w", behaviour: b)
+            let result = try coordinator.wait()
+            w.join()
+            #expect(result.state.shards == Self.allShards)
+            #expect(result.stats.malformed == 0)
+            #expect(result.state.skippedSamples.map(\.index) == Array(12..<16))
+            // The oracle: every sample but 12..<16, built at once.
+            var expected: [String: Histogram] = [:]
+            for range in [0 ..< 12, 16 ..< Self.samples] {
+                for t in FakeModel.histograms(range) { expected[t.name, default: Histogram()].merge(t.histogram) }
+            }
+            for name in FakeModel.tensorNames { #expect(result.state.histograms[name] == expected[name], "tensor \(name)") }
+        }
+    }
+
+    @Test("a result with other tensors is dropped and counted as a failed attempt; repeated, the run stops naming it")
+    func inconsistentResultsStopTheRun() throws {
+        let ctx = try ZMQContext()
+        defer { ctx.terminate() }
+        var cfg = makeCoordinatorConfig(sampleCount: Self.samples, shardSize: Self.shardSize)
+        cfg.maxFailures = 3
+        let (coordinator, endpoint, _) = try startCoordinator(cfg, context: ctx)
+        let b = FakeComputer.Behaviour()
+        b.wrongTensors = [6]
+        b.delayMicroseconds = { id in id == 6 ? 50_000 : 0 }  // shard 6 after some tensors are known
+        let w1 = WorkerThread(context: ctx, endpoint: endpoint, name: "a", behaviour: b)
+        let w2 = WorkerThread(context: ctx, endpoint: endpoint, name: "b", behaviour: b)
+        do {
+            _ = try coordinator.wait()
+            Issue.record("the run must stop")
+        } catch let CoordinatorError.shardFailed(shard, _, reason, attempts) {
+            #expect(shard == 6 && attempts == 3)
+            #expect(reason.contains("has other tensors") && reason.contains("not_in_the_model"), "\(reason)")
+        }
+        w1.join(); w2.join()
+    }
+
     @Test("stop checkpoints atomically; --resume computes only the missing shards and gives the same result")
     func checkpointAndResume() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("shardcal-resume-\(UUID().uuidString)").path

@@ -69,6 +69,10 @@ final class FakeComputer: ShardComputer, @unchecked Sendable {
         var alwaysFail: Set<Int> = []
         /// Shards that throw the first time only.
         var failOnce: Set<Int> = []
+        /// Shards whose every sample is skipped (skip-and-count): no histograms, every index listed.
+        var allSkipped: Set<Int> = []
+        /// Shards whose result names a tensor the model does not have.
+        var wrongTensors: Set<Int> = []
         /// When set, the first shard computed blocks on this semaphore (bounded) after signalling `blocked`.
         var blockFirst: (blocked: DispatchSemaphore, release: DispatchSemaphore)?
         private(set) var computed: [Int] = []
@@ -100,6 +104,20 @@ final class FakeComputer: ShardComputer, @unchecked Sendable {
         if behaviour.shouldFailOnce(id) { throw ShardFailure(file: "/data/flaky.png", reason: "transient read error") }
         behaviour.record(id)
         return FakeModel.histograms(indices)
+    }
+}
+
+extension FakeComputer {
+    func computeShardReport(id: Int, indices: Range<Int>) throws -> ShardOutput {
+        if behaviour.allSkipped.contains(id) {
+            behaviour.record(id)
+            return ShardOutput(tensors: [], skipped: indices.map {
+                SkippedSampleRecord(index: $0, file: "/data/sample_\($0).jpg", reason: "not a JPEG or PNG file")
+            })
+        }
+        var tensors = try computeShard(id: id, indices: indices)
+        if behaviour.wrongTensors.contains(id) { tensors[0] = NamedHistogram(name: "not_in_the_model", histogram: tensors[0].histogram) }
+        return ShardOutput(tensors: tensors)
     }
 }
 

@@ -33,4 +33,24 @@ import Testing
         #expect(a.shardCount == 193) // ceil(12345 / 64)
         #expect(a.range(ofShard: 192) == 12288 ..< 12345)
     }
+
+    @Test func extendingKeepsEveryExistingShardAndCoversOnlyNewSamples() throws {
+        // 120 samples in shards of 50: the last is short (100..<120). Growing to 230 keeps shard 2
+        // as it was and plans 120..<230 as new shards 3, 4, 5 (hand-computed).
+        let old = try ShardPlan(sampleCount: 120, shardSize: 50)
+        let grown = try old.extended(to: 230)
+        #expect(grown.segments == [120, 110])
+        #expect(grown.ranges == [0 ..< 50, 50 ..< 100, 100 ..< 120, 120 ..< 170, 170 ..< 220, 220 ..< 230])
+        #expect(grown.shard(containing: 119) == 2 && grown.shard(containing: 120) == 3 && grown.shard(containing: 229) == 5)
+        #expect(Array(grown.ranges.prefix(old.shardCount)) == old.ranges)
+        #expect(grown.ranges.flatMap { Array($0) } == Array(0 ..< 230), "still every sample exactly once")
+        #expect(try grown.extended(to: 230) == grown)
+        #expect(throws: DataError.self) { try grown.extended(to: 200) }
+        // Round trip through the text a state file keeps.
+        let text = try grown.extended(to: 231).segmentsText
+        #expect(text == "120,110,1")
+        #expect(try ShardPlan(segmentsText: text, shardSize: 50).ranges.last == 230 ..< 231)
+        #expect(throws: DataError.self) { try ShardPlan(segmentsText: "12,x", shardSize: 50) }
+        #expect(throws: DataError.self) { try ShardPlan(segments: [10, 0], shardSize: 5) }
+    }
 }
