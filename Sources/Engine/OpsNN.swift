@@ -214,8 +214,9 @@ enum NNOps {
             if useC, let loop = cLoop {
                 loop.run(UnsafePointer(y), ins[2]!, y) { _, c in beta * c }
             }
-            Kernels.gemm(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: ins[0]!, lda: a[1], b: ins[1]!, ldb: b[1],
-                         beta: useC ? 1 : 0, c: y, ldc: n, threads: ctx.threads)
+            // Rows of A are samples: computed row by row, so a sample's output does not depend on the batch.
+            Kernels.gemmRowwise(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: ins[0]!, lda: a[1], b: ins[1]!, ldb: b[1],
+                                beta: useC ? 1 : 0, c: y, ldc: n, threads: ctx.threads)
         }
     }
 
@@ -249,13 +250,15 @@ enum NNOps {
             return res
         }
         let offA = offsets(ba, m * k), offB = offsets(bb, k * n)
-        // B shared by all batches and A contiguous: one GEMM with M = batch·m.
-        let fused = bb.allSatisfy { $0 == 1 } && ba == batch
+        // A plain [rows, k] × [k, n] product: rows are samples (a classifier head), computed row by row
+        // so a sample's output does not depend on the batch. Batched operands: one GEMM per matrix,
+        // whose shape does not depend on the batch size either.
+        let rowsAreSamples = ba.isEmpty && bb.isEmpty && !aVec
         return .runtime(shapes: [out]) { ins, outs, ctx in
             let pa = ins[0]!, pb = ins[1]!, y = outs[0]
-            if fused {
-                Kernels.gemm(transA: false, transB: false, m: nb * m, n: n, k: k, alpha: 1, a: pa, lda: k, b: pb, ldb: n,
-                             beta: 0, c: y, ldc: n, threads: ctx.threads)
+            if rowsAreSamples {
+                Kernels.gemmRowwise(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: pa, lda: k, b: pb, ldb: n,
+                                    beta: 0, c: y, ldc: n, threads: ctx.threads)
                 return
             }
             for i in 0..<nb {

@@ -230,6 +230,49 @@ struct KernelsGemmTests {
         }
     }
 
+    func rowwise(_ ta: Bool, _ tb: Bool, m: Int, n: Int, k: Int, alpha: Float, beta: Float, a: [Float], lda: Int,
+                 b: [Float], ldb: Int, c: [Float], ldc: Int, threads: Int) -> [Float] {
+        var out = c
+        a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                out.withUnsafeMutableBufferPointer { cp in
+                    Kernels.gemmRowwise(transA: ta, transB: tb, m: m, n: n, k: k, alpha: alpha, a: ap.baseAddress!, lda: lda,
+                                        b: bp.baseAddress!, ldb: ldb, beta: beta, c: cp.baseAddress!, ldc: ldc, threads: threads)
+                }
+            }
+        }
+        return out
+    }
+
+    /// The row-by-row product (Gemm heads): the triple loop's values (hand case and random, all
+    /// transposes, alpha/beta), and each row bit-identical whether computed alone, in any batch,
+    /// or with any thread count.
+    @Test func rowwiseProductsAreRowIndependent() {
+        let a: [Float] = [1, 2, 3, 4], b: [Float] = [5, 6, 7, 8], c: [Float] = [1, 1, 1, 1]
+        #expect(rowwise(false, false, m: 2, n: 2, k: 2, alpha: 2, beta: 1, a: a, lda: 2, b: b, ldb: 2, c: c, ldc: 2, threads: 1) == [39, 45, 87, 101])
+        #expect(rowwise(true, false, m: 2, n: 2, k: 2, alpha: 1, beta: 0, a: a, lda: 2, b: b, ldb: 2, c: [.nan, .nan, .nan, .nan], ldc: 2,
+                        threads: 1) == [26, 30, 38, 44])
+        #expect(rowwise(false, true, m: 2, n: 2, k: 2, alpha: 1, beta: 0, a: a, lda: 2, b: b, ldb: 2, c: c, ldc: 2, threads: 1) == [17, 23, 39, 53])
+        var rng = KernelTestRNG(seed: 77)
+        let (m, n, k) = (7, 1000, 1283)
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let lda = ta ? m : k, ldb = tb ? k : n
+            let a = rng.floats(m * k), b = rng.floats(k * n), c = rng.floats(m * n)
+            let ref = run(ta, tb, m: m, n: n, k: k, alpha: 0.5, beta: 2, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: n,
+                          threads: 1, reference: true)
+            let all = rowwise(ta, tb, m: m, n: n, k: k, alpha: 0.5, beta: 2, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: n, threads: 1)
+            #expect(kernelMaxAbsDiff(all, ref) <= 4e-6 * Float(k) + 1e-5, "ta \(ta) tb \(tb)")
+            #expect(rowwise(ta, tb, m: m, n: n, k: k, alpha: 0.5, beta: 2, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: n, threads: 2) == all)
+            for i in 0..<m {
+                // Row i alone (op(A) row i as a one-row matrix).
+                let rowA = ta ? (0..<k).map { a[$0 * lda + i] } : Array(a[(i * k)..<((i + 1) * k)])
+                let single = rowwise(false, tb, m: 1, n: n, k: k, alpha: 0.5, beta: 2, a: rowA, lda: k, b: b, ldb: ldb,
+                                     c: Array(c[(i * n)..<((i + 1) * n)]), ldc: n, threads: 1)
+                #expect(single == Array(all[(i * n)..<((i + 1) * n)]), "row \(i) ta \(ta) tb \(tb)")
+            }
+        }
+    }
+
     /// Products large enough to be cut into blocks (by columns, by rows), all transposes.
     @Test(arguments: [(64, 1000, 200), (300, 100, 300)])
     func blockedProductsMatchReferenceForAnyThreadCount(shape: (Int, Int, Int)) {

@@ -102,10 +102,59 @@ struct ModelTests {
         #expect(big.shape == [3, 10])
         for i in 0..<3 {
             let one = try s.run(["input": Tensor(shape: [1, 1, 28, 28], data: Array(x[(i * 784)..<((i + 1) * 784)]))])["logits"]!
-            // Not bit-identical: the BLAS GEMM sums in a different order for other row counts.
-            #expect(toleranceExcess(one.data, Array(big.data[(i * 10)..<((i + 1) * 10)])) <= 0)
+            #expect(one.data == Array(big.data[(i * 10)..<((i + 1) * 10)]), "bit-identical whatever the batch")
         }
         #expect(throws: EngineError.self) { try s.run(["input": Tensor(shape: [1, 1, 28, 27], data: [Float](repeating: 0, count: 28 * 27))]) }
+    }
+}
+
+/// Calibration merges histograms of activations computed in batches that depend on the config and on
+/// where shards are cut; a sample's activations must not depend on the batch it was computed in.
+@Suite("Batch invariance")
+struct BatchInvarianceTests {
+    /// Every tapped tensor of every sample, as exact bits, from runs over `batches` of `x`.
+    static func taps(_ s: InferenceSession, _ x: [Float], sampleShape: [Int], batches: [Int]) throws -> [String: [UInt32]] {
+        let per = sampleShape.reduce(1, *)
+        var out: [String: [UInt32]] = [:]
+        var start = 0
+        for size in batches {
+            let t = Tensor(shape: [size] + sampleShape, data: Array(x[(start * per)..<((start + size) * per)]))
+            _ = try s.run(["input": t], tap: ActivationTap { a in out[a.name, default: []] += a.values.map(\.bitPattern) })
+            start += size
+        }
+        return out
+    }
+
+    static func input(_ count: Int, seed: UInt64) -> [Float] {
+        var state = seed
+        return (0..<count).map { _ in
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int(state >> 40) % 2001) / 2000
+        }
+    }
+
+    @Test("demo CNN: every activation of every sample is bit-identical in batches of 13, 1×13, 2+3+7+1 and 6+7, with 1 and 2 threads")
+    func demoModel() throws {
+        let model = EnginePaths.repo.appendingPathComponent("Config/models/fashion-mnist-cnn.onnx").path
+        let x = Self.input(13 * 784, seed: 5)
+        let one = try InferenceSession(modelPath: model, options: SessionOptions(threads: 1))
+        let two = try InferenceSession(modelPath: model, options: SessionOptions(threads: 2))
+        let reference = try Self.taps(one, x, sampleShape: [1, 28, 28], batches: [13])
+        #expect(reference.count >= 10)
+        for (session, batches) in [(one, Array(repeating: 1, count: 13)), (one, [2, 3, 7, 1]), (two, [6, 7]), (two, [13])] {
+            let got = try Self.taps(session, x, sampleShape: [1, 28, 28], batches: batches)
+            for (name, bits) in reference { #expect(got[name] == bits, "\(name) with batches \(batches)") }
+        }
+    }
+
+    @Test("EfficientNet-Lite0: every activation bit-identical in a batch of 3 and in 1+2", .enabled(if: EnginePaths.exists(EnginePaths.effnetModel), "../shared absent"))
+    func effnet() throws {
+        let s = try InferenceSession(modelPath: EnginePaths.effnetModel.path, options: SessionOptions(threads: 2))
+        let x = Self.input(3 * 3 * 224 * 224, seed: 9).map { $0 * 4 - 2 }
+        let a = try Self.taps(s, x, sampleShape: [3, 224, 224], batches: [3])
+        let b = try Self.taps(s, x, sampleShape: [3, 224, 224], batches: [1, 2])
+        #expect(a.count == 95)
+        for (name, bits) in a { #expect(b[name] == bits, "\(name)") }
     }
 }
 
