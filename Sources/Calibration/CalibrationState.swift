@@ -113,6 +113,54 @@ public struct CalibrationState: Sendable, Equatable {
         }
     }
 
+    /// Merges one shard's histograms straight from their validated coding: the same state, bit for
+    /// bit, as `merge(shard:tensors: encoded.decoded())`, without materialising the counts.
+    /// Throws (and changes nothing) if the shard is already in.
+    public mutating func merge(shard: Int, encoded: EncodedHistograms) throws(StateError) {
+        try merge(encodedShards: [(shard, encoded)])
+    }
+
+    /// Merges several shards at once, straight from their coding, tensor by tensor: each tensor's
+    /// merged counts stay in cache while every shard's counts for it are added, instead of the
+    /// whole state (tensors × bins × 8 bytes) streaming through memory once per shard. Same state,
+    /// bit for bit, as merging the shards one after the other. Throws (and changes nothing) if any
+    /// shard is already in or listed twice.
+    public mutating func merge(encodedShards: [(shard: Int, histograms: EncodedHistograms)]) throws(StateError) {
+        var incoming = Set<Int>()
+        var again: [Int] = []
+        for (shard, _) in encodedShards where shards.contains(shard) || !incoming.insert(shard).inserted { again.append(shard) }
+        if !again.isEmpty { throw .shardAlreadyMerged(again.sorted()) }
+        guard let first = encodedShards.first?.histograms else { return }
+        shards.formUnion(incoming)
+        // Tensor order as sequential merges would give: first-seen order across the shards.
+        var order: [String] = []
+        var known = Set(tensorNames)
+        for (_, h) in encodedShards { for name in h.names where known.insert(name).inserted { order.append(name) } }
+        let firstNames = first.names
+        let firstIndex = Dictionary(firstNames.enumerated().map { ($0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
+        // Where each tensor sits in each shard (nil: in the same place as in the first shard, the usual case).
+        let lookups: [[String: Int]?] = encodedShards.map { entry in
+            entry.histograms.names == firstNames ? nil
+                : Dictionary(entry.histograms.names.enumerated().map { ($0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
+        }
+        tensorNames += order
+        let present = Set(encodedShards.flatMap { $0.histograms.names })
+        for name in tensorNames where present.contains(name) {
+            var merged: Histogram? = histograms.removeValue(forKey: name)
+            for (r, (_, h)) in encodedShards.enumerated() {
+                let index: Int?
+                if let lookup = lookups[r] { index = lookup[name] } else { index = firstIndex[name] }
+                guard let i = index else { continue }
+                if merged == nil {
+                    merged = h.histogram(at: i)
+                } else {
+                    h.bytes.withUnsafeBytes { merged!.merge(h.entries[i], bytes: $0) }
+                }
+            }
+            histograms[name] = merged
+        }
+    }
+
     // MARK: - File format
 
     /// ```

@@ -238,38 +238,48 @@ public struct Histogram: Sendable, Equatable, Hashable {
     /// Checks every structural invariant; decoders call it so a damaged file cannot produce an
     /// inconsistent histogram.
     public func validate() throws(HistogramError) {
-        let binTotal = counts.reduce(UInt64(0)) { $0 &+ $1 }
+        try Histogram.validateParts(binWidthLog2: binWidthLog2, binCount: counts.count,
+                                    binTotal: counts.reduce(UInt64(0)) { $0 &+ $1 }, lastBin: counts.last,
+                                    valueCount: valueCount, zeroCount: zeroCount, minimum: minimum, maximum: maximum)
+    }
+
+    /// The invariants of `validate()`, from a histogram's parts: `binCount` bins summing to
+    /// `binTotal` (mod 2^64), the last of them `lastBin`. Lets encoded histograms be validated in
+    /// place, without building their count arrays.
+    static func validateParts(binWidthLog2: Int?, binCount: Int, binTotal: UInt64, lastBin: UInt64?,
+                              valueCount: UInt64, zeroCount: UInt64, minimum: Float?, maximum: Float?) throws(HistogramError) {
         if zeroCount > valueCount { throw .invalid("zero count \(zeroCount) exceeds value count \(valueCount)") }
         if (minimum == nil) != (maximum == nil) { throw .invalid("minimum and maximum must both be present or absent") }
+        var maxAbs: Float = 0
         if let lo = minimum, let hi = maximum {
             if !lo.isFinite || !hi.isFinite { throw .invalid("minimum/maximum must be finite") }
             if Histogram.orderKey(lo) > Histogram.orderKey(hi) { throw .invalid("minimum \(lo) exceeds maximum \(hi)") }
             if valueCount == 0 { throw .invalid("minimum/maximum present but no values counted") }
+            maxAbs = Swift.max(lo.magnitude, hi.magnitude)
         } else if valueCount != 0 {
             throw .invalid("values counted but no minimum/maximum")
         }
         guard let k = binWidthLog2 else {
-            if !counts.isEmpty { throw .invalid("bins present without a bin width") }
+            if binCount != 0 { throw .invalid("bins present without a bin width") }
             if valueCount != zeroCount { throw .invalid("non-zero values counted without a bin layout") }
             return
         }
         if k < Histogram.minBinWidthLog2 || k > 128 { throw .invalid("bin width exponent \(k) out of range") }
-        if counts.isEmpty || counts.count > Histogram.maxBinCount {
-            throw .invalid("bin count \(counts.count) outside 1...\(Histogram.maxBinCount)")
+        if binCount == 0 || binCount > Histogram.maxBinCount {
+            throw .invalid("bin count \(binCount) outside 1...\(Histogram.maxBinCount)")
         }
         if binTotal != valueCount { throw .invalid("bins sum to \(binTotal) but \(valueCount) values are counted") }
-        let maxAbs = self.maxAbs
         if maxAbs > 0 {
             if Histogram.requiredBinWidthLog2(forMaxAbs: maxAbs) != k {
                 throw .invalid("bin width 2^\(k) does not match max|x| \(maxAbs)")
             }
-            if Histogram.binIndex(ofMagnitude: maxAbs, binWidthLog2: k) + 1 != counts.count {
-                throw .invalid("bin count \(counts.count) does not match max|x| \(maxAbs)")
+            if Histogram.binIndex(ofMagnitude: maxAbs, binWidthLog2: k) + 1 != binCount {
+                throw .invalid("bin count \(binCount) does not match max|x| \(maxAbs)")
             }
         } else {
             throw .invalid("a bin layout exists but max|x| is 0")
         }
-        if counts.last == 0 { throw .invalid("last bin is empty") }
+        if lastBin == 0 { throw .invalid("last bin is empty") }
     }
 }
 

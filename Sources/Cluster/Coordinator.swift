@@ -154,8 +154,26 @@ public final class Coordinator: @unchecked Sendable {
 
     func publishStatus(_ s: StatusReport) { lock.withLock { _status = s } }
 
+    /// Keeps freed message-sized blocks in the process. Every RESULT arrives in a fresh ~1 MB
+    /// buffer; with glibc's defaults such blocks go back to the kernel when freed and are faulted
+    /// in again, page by page, for the next message (about a sixth of the CPU per result in
+    /// bench-coordinator). Process-wide, set once, only by processes that run a coordinator.
+    static let tuneAllocator: Void = {
+        #if os(Linux)
+        // glibc's mallopt (not in Swift's Glibc module). <malloc.h>: M_TRIM_THRESHOLD = -1,
+        // M_MMAP_THRESHOLD = -3. Other C libraries lack the symbol: nothing is changed then.
+        typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
+        if let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
+            let mallopt = unsafeBitCast(symbol, to: Mallopt.self)
+            _ = mallopt(-3, 64 << 20)
+            _ = mallopt(-1, 256 << 20)
+        }
+        #endif
+    }()
+
     /// Runs on a new thread; returns once the sockets are bound, with the resolved endpoints.
     public func start() throws -> (endpoint: String, publishEndpoint: String?) {
+        Coordinator.tuneAllocator
         let bound = DispatchSemaphore(value: 0)
         let box = BoundBox()
         let t = Thread { [self] in
@@ -217,6 +235,9 @@ struct CoordinatorLoop {
     var resultsSinceCheckpoint = 0
     var samplesThisRun = 0
     let resumedShards: Int
+    /// Accepted results not yet added to `state`: merged together, tensor by tensor, at the end of
+    /// each drained batch and before any checkpoint or output.
+    var pendingMerges: [(shard: Int, histograms: EncodedHistograms)] = []
 
     init(owner: Coordinator) throws {
         self.owner = owner
@@ -290,10 +311,7 @@ struct CoordinatorLoop {
             if owner.isStopRequested { try stop(reason: "stop requested") }
             if let limit = cfg.runTimeout, now - startTime > limit { try stop(reason: "run timeout of \(limit) s reached") }
 
-            // Leases to workers with free credit.
-            for (key, shard) in scheduler.assign(now: now) {
-                send(.lease(Lease(shard: shard.id, start: shard.indices.lowerBound, end: shard.indices.upperBound)), to: key)
-            }
+            sendLeases(now: now)
             // Heartbeats to every admitted worker.
             if now - lastHeartbeat >= cfg.heartbeatInterval {
                 lastHeartbeat = now
@@ -323,32 +341,71 @@ struct CoordinatorLoop {
                 // Drain bounded batches so timers keep running under load. Decoding (the costly,
                 // pure part) runs in parallel; handling and merging stay in arrival order on this thread.
                 for _ in 0..<40 {
-                    var batch: [[[UInt8]]] = []
+                    var batch: [Received] = []
                     for _ in 0..<64 {
-                        let frames: [[UInt8]]?
-                        do { frames = try router.receive(dontWait: true) } catch let e as ZMQError { throw CoordinatorError.socket(e) }
-                        guard let frames else { break }
-                        batch.append(frames)
+                        let received: Received?
+                        do {
+                            received = try router.receive(dontWait: true, largeFrameBytes: Self.largeFrameBytes)
+                                .map { Received(frames: $0.frames, large: $0.large) }
+                        } catch let e as ZMQError { throw CoordinatorError.socket(e) }
+                        guard let received else { break }
+                        batch.append(received)
                     }
                     if batch.isEmpty { break }
                     let decoded = Self.decodeBatch(batch, limits: cfg.limits)
-                    for (frames, message) in zip(batch, decoded) {
+                    for (frames, message) in zip(batch.map(\.frames), decoded) {
                         try handle(frames, decoded: message)
                         if scheduler.isFinished { break }
+                        // A RESULT or FAIL handed a credit back: lease the next shard at once, so
+                        // the worker is busy again while the rest of the batch is merged.
+                        if case .success(let m) = message, m.returnsCredit { sendLeases(now: monotonicSeconds()) }
                     }
+                    flushMerges()
                     if scheduler.isFinished { break }
                 }
             }
         }
     }
 
+    /// Adds the pending accepted results to the state.
+    mutating func flushMerges() {
+        guard !pendingMerges.isEmpty else { return }
+        do {
+            try state.merge(encodedShards: pendingMerges)
+        } catch {
+            // The scheduler admits each shard once, so this cannot happen; keep the run safe anyway.
+            note("internal: state refused shards \(pendingMerges.map(\.shard)): \(error)", level: .error)
+        }
+        pendingMerges.removeAll(keepingCapacity: true)
+    }
+
+    /// Leases to workers with free credit.
+    mutating func sendLeases(now: Double) {
+        for (key, shard) in scheduler.assign(now: now) {
+            send(.lease(Lease(shard: shard.id, start: shard.indices.lowerBound, end: shard.indices.upperBound)), to: key)
+        }
+    }
+
     // MARK: messages
 
+    /// Frames at least this large are received without a copy (RESULT histogram payloads).
+    static let largeFrameBytes = 64 << 10
+
+    /// A ROUTER message as received: routing id first; large frames in `large`, by index.
+    struct Received: Sendable {
+        var frames: [[UInt8]]
+        var large: [Int: Data] = [:]
+    }
+
     /// Decodes ROUTER messages (routing id first); several at once on all cores.
-    static func decodeBatch(_ batch: [[[UInt8]]], limits: WireLimits) -> [Result<WireMessage, WireError>] {
-        @Sendable func one(_ frames: [[UInt8]]) -> Result<WireMessage, WireError> {
-            guard frames.count >= 2 else { return .failure(.empty) }
-            do { return .success(try WireCodec.decode(Array(frames.dropFirst()), limits: limits)) } catch { return .failure(error) }
+    static func decodeBatch(_ batch: [Received], limits: WireLimits) -> [Result<WireMessage, WireError>] {
+        @Sendable func one(_ r: Received) -> Result<WireMessage, WireError> {
+            guard r.frames.count >= 2 else { return .failure(.empty) }
+            var large: [Int: Data] = [:]
+            for (i, data) in r.large where i > 0 { large[i - 1] = data }
+            do { return .success(try WireCodec.decode(Array(r.frames.dropFirst()), large: large, limits: limits)) } catch {
+                return .failure(error)
+            }
         }
         if batch.count < 2 { return batch.map(one) }
         let slots = DecodeSlots(count: batch.count)
@@ -357,7 +414,7 @@ struct CoordinatorLoop {
     }
 
     mutating func handle(_ frames: [[UInt8]]) throws {
-        try handle(frames, decoded: Self.decodeBatch([frames], limits: cfg.limits)[0])
+        try handle(frames, decoded: Self.decodeBatch([Received(frames: frames)], limits: cfg.limits)[0])
     }
 
     mutating func handle(_ frames: [[UInt8]], decoded: Result<WireMessage, WireError>) throws {
@@ -481,9 +538,9 @@ struct CoordinatorLoop {
         guard scheduler.everAdmitted.contains(key) else { return unknownWorker(key, "RESULT") }
         // Every result must carry the same tensors as the ones merged before it; a shard whose
         // samples were all skipped (skip-and-count) carries none.
-        let allSkipped = result.tensors.isEmpty && result.sampleCount > 0 && result.skipped.count == result.sampleCount
+        let allSkipped = result.tensorCount == 0 && result.sampleCount > 0 && result.skipped.count == result.sampleCount
         if !state.tensorNames.isEmpty && !allSkipped {
-            let names = result.tensors.map(\.name)
+            let names = result.tensorNames
             if names != state.tensorNames && Set(names) != Set(state.tensorNames) {
                 let missing = Set(state.tensorNames).subtracting(names).sorted().prefix(5)
                 let extra = Set(names).subtracting(state.tensorNames).sorted().prefix(5)
@@ -500,8 +557,19 @@ struct CoordinatorLoop {
                                   computeSeconds: result.computeSeconds, now: now) {
         case .merge:
             do {
-                try state.merge(shard: result.shard, tensors: result.tensors, skipped: result.skipped)
-                for s in result.skipped { note("shard \(result.shard) skipped \(s)", level: .warning) }
+                if !result.skipped.isEmpty {
+                    // Rare (skip-and-count): merged on its own, with its list of skipped samples.
+                    try state.merge(shard: result.shard, tensors: result.tensors, skipped: result.skipped)
+                    for s in result.skipped { note("shard \(result.shard) skipped \(s)", level: .warning) }
+                } else if let encoded = result.encoded, !state.tensorNames.isEmpty {
+                    // Merged with the rest of the batch (see flushMerges); the scheduler already
+                    // counts the shard as done, so a duplicate arriving meanwhile is still caught.
+                    pendingMerges.append((result.shard, encoded))
+                } else if let encoded = result.encoded {
+                    try state.merge(shard: result.shard, encoded: encoded)
+                } else {
+                    try state.merge(shard: result.shard, tensors: result.tensors)
+                }
             } catch {
                 // The scheduler and the state agree on merged shards, so this cannot happen; keep the run safe anyway.
                 note("internal: state refused shard \(result.shard): \(error)", level: .error)
@@ -531,6 +599,7 @@ struct CoordinatorLoop {
     }
 
     mutating func checkpoint(reason: String) throws {
+        flushMerges()
         guard let path = cfg.checkpointPath else { return }
         do {
             try StateFile.write(state, to: path)
@@ -552,6 +621,7 @@ struct CoordinatorLoop {
     }
 
     mutating func finish() throws -> CoordinatorResult {
+        flushMerges()
         let now = monotonicSeconds()
         logger.info("all shards merged; searching thresholds", metadata: ["tensors": .stringConvertible(state.tensorNames.count)])
         broadcastDone(Done(outcome: "finished"))
@@ -662,6 +732,16 @@ struct CoordinatorLoop {
         logger.log(level: level, "\(event)")
         stats.events.append(event)
         if stats.events.count > 1000 { stats.events.removeFirst(stats.events.count - 1000) }
+    }
+}
+
+extension WireMessage {
+    /// Messages after which a worker may have free credit (a shard came back, or a window opened).
+    var returnsCredit: Bool {
+        switch self {
+        case .result, .fail, .ready: return true
+        default: return false
+        }
     }
 }
 

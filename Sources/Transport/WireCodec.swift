@@ -84,8 +84,9 @@ public enum WireCodec {
         switch message {
         case .hello(let m): return [tag, type, json(m)]
         case .ready(let m): return [tag, type, json(m)]
-        case .lease(let m): return [tag, type, json(m)]
-        case .ack(let m): return [tag, type, json(m)]
+        // The two messages sent once per shard, written directly (same bytes as JSONEncoder with sorted keys).
+        case .lease(let m): return [tag, type, Array(#"{"end":\#(m.end),"shard":\#(m.shard),"start":\#(m.start)}"#.utf8)]
+        case .ack(let m): return [tag, type, Array(#"{"duplicate":\#(m.duplicate),"shard":\#(m.shard)}"#.utf8)]
         case .fail(let m): return [tag, type, json(m)]
         case .refuse(let m): return [tag, type, json(m)]
         case .error(let m): return [tag, type, json(m)]
@@ -100,9 +101,9 @@ public enum WireCodec {
             return [tag, type, json(header), j.config, j.model]
         case .result(let r):
             let header = ShardResult.Header(shard: r.shard, sample_count: r.sampleCount,
-                                            compute_seconds: r.computeSeconds, tensor_count: r.tensors.count,
+                                            compute_seconds: r.computeSeconds, tensor_count: r.tensorCount,
                                             skipped: r.skipped.isEmpty ? nil : r.skipped)
-            return [tag, type, json(header), encodeTensors(r.tensors)]
+            return [tag, type, json(header), r.encoded.map { Array($0.bytes) } ?? encodeTensors(r.tensors)]
         }
     }
 
@@ -143,7 +144,25 @@ public enum WireCodec {
         return type
     }
 
+    /// Decodes a message received with `ZMQSocket.receive(dontWait:largeFrameBytes:)`: frames kept
+    /// in libzmq's buffers are in `large` (their slot in `frames` is empty). A RESULT's histogram
+    /// payload is validated and kept where it is; any other large frame is copied in first.
+    public static func decode(_ frames: [[UInt8]], large: [Int: Data], limits: WireLimits = .default) throws(WireError) -> WireMessage {
+        if large.isEmpty { return try decode(frames, limits: limits) }
+        var all = frames
+        var payload: Data? = nil
+        let isResult = large[0] == nil && large[1] == nil && (try? checkTag(frames)) == "RESULT"
+        for (i, data) in large where i < all.count {
+            if isResult && i == 3 { payload = data } else { all[i] = Array(data) }
+        }
+        return try decode(all, limits: limits, resultPayload: payload)
+    }
+
     public static func decode(_ frames: [[UInt8]], limits: WireLimits = .default) throws(WireError) -> WireMessage {
+        try decode(frames, limits: limits, resultPayload: nil)
+    }
+
+    static func decode(_ frames: [[UInt8]], limits: WireLimits, resultPayload: Data?) throws(WireError) -> WireMessage {
         let type = try checkTag(frames)
         func expectFrames(_ n: Int) throws(WireError) {
             if frames.count != n { throw .frameCount(type: type, expected: n, found: frames.count) }
@@ -195,125 +214,30 @@ public enum WireCodec {
             if h.tensor_count < 0 || h.tensor_count > limits.maxTensors {
                 throw .oversized(type: type, what: "tensor count", bytes: h.tensor_count, limit: limits.maxTensors)
             }
-            if frames[3].count > limits.maxResultBytes {
-                throw .oversized(type: type, what: "histogram payload", bytes: frames[3].count, limit: limits.maxResultBytes)
+            let payload = resultPayload ?? Data(frames[3])
+            if payload.count > limits.maxResultBytes {
+                throw .oversized(type: type, what: "histogram payload", bytes: payload.count, limit: limits.maxResultBytes)
             }
-            let tensors = try decodeTensors(frames[3], count: h.tensor_count)
+            let tensors: EncodedHistograms
+            do { tensors = try EncodedHistograms(validating: payload, count: h.tensor_count) } catch {
+                throw .malformed(type: type, reason: error.description)
+            }
             let skipped = h.skipped ?? []
             if skipped.count > h.sample_count {
                 throw .malformed(type: type, reason: "\(skipped.count) skipped samples in a shard of \(h.sample_count)")
             }
             return .result(ShardResult(shard: h.shard, sampleCount: h.sample_count, computeSeconds: h.compute_seconds,
-                                       tensors: tensors, skipped: skipped))
+                                       encoded: tensors, skipped: skipped))
         default:
             throw .unknownType(type)
         }
     }
 
-    /// Decodes a RESULT payload of exactly `count` tensors; every histogram is validated.
-    ///
-    /// This parses the Calibration module's histogram coding itself (same layout, documented in
-    /// docs/PROTOCOL.md) with whole-word loads: the coordinator decodes ~400 k counts per result, and
-    /// the byte-at-a-time reader was the coordinator's bottleneck. The round-trip tests pin it to
-    /// `Histogram.encode(into:)`.
+    /// Decodes a RESULT payload of exactly `count` tensors into values; every histogram is validated.
+    /// (`decode` keeps RESULT payloads encoded instead: see `EncodedHistograms`.)
     public static func decodeTensors(_ bytes: [UInt8], count: Int) throws(WireError) -> [NamedHistogram] {
-        var out: [NamedHistogram] = []
-        out.reserveCapacity(count)
-        var seen = Set<String>()
-        var offset = 0
-        let result: Result<Void, WireError> = bytes.withUnsafeBytes { buf in
-            do throws(WireError) {
-                for i in 0..<count {
-                    let name = try readName(buf, &offset, index: i)
-                    let h = try readHistogram(buf, &offset, tensor: name)
-                    if !seen.insert(name).inserted {
-                        throw WireError.malformed(type: "RESULT", reason: "tensor \(name) appears twice")
-                    }
-                    out.append(NamedHistogram(name: name, histogram: h))
-                }
-                return .success(())
-            } catch {
-                return .failure(error)
-            }
-        }
-        try result.get()
-        if offset != bytes.count {
-            throw .malformed(type: "RESULT", reason: "\(bytes.count - offset) bytes after the last of \(count) tensors")
-        }
-        return out
-    }
-
-    private static func need(_ buf: UnsafeRawBufferPointer, _ offset: Int, _ n: Int, _ what: String) throws(WireError) {
-        if n < 0 || n > buf.count - offset {
-            throw .malformed(type: "RESULT", reason: "truncated data: reading \(what) at byte \(offset) needs \(n) bytes, only \(buf.count - offset) left")
-        }
-    }
-
-    private static func load<T: FixedWidthInteger>(_ buf: UnsafeRawBufferPointer, _ offset: inout Int, _: T.Type) -> T {
-        let v = T(littleEndian: buf.loadUnaligned(fromByteOffset: offset, as: T.self))
-        offset += MemoryLayout<T>.size
-        return v
-    }
-
-    private static func readName(_ buf: UnsafeRawBufferPointer, _ offset: inout Int, index: Int) throws(WireError) -> String {
-        try need(buf, offset, 4, "name length of tensor \(index)")
-        let length = Int(load(buf, &offset, UInt32.self))
-        if length > 4096 { throw .malformed(type: "RESULT", reason: "name of tensor \(index) is \(length) bytes (limit 4096)") }
-        try need(buf, offset, length, "name of tensor \(index)")
-        guard let name = String(validating: UnsafeRawBufferPointer(rebasing: buf[offset ..< offset + length]), as: UTF8.self) else {
-            throw .malformed(type: "RESULT", reason: "name of tensor \(index) is not valid UTF-8")
-        }
-        offset += length
-        return name
-    }
-
-    private static func readHistogram(_ buf: UnsafeRawBufferPointer, _ offset: inout Int, tensor: String) throws(WireError) -> Histogram {
-        let what = "histogram of tensor \(tensor)"
-        try need(buf, offset, 44, what)
-        let version = load(buf, &offset, UInt8.self)
-        if version != Histogram.codingVersion {
-            throw .malformed(type: "RESULT", reason: "\(what): encoding version \(version) is not supported (expected \(Histogram.codingVersion))")
-        }
-        let flags = load(buf, &offset, UInt8.self)
-        if flags & ~3 != 0 { throw .malformed(type: "RESULT", reason: "\(what): flags \(flags) has unknown bits") }
-        let k = Int(load(buf, &offset, Int16.self))
-        let valueCount = load(buf, &offset, UInt64.self)
-        let zeroCount = load(buf, &offset, UInt64.self)
-        let nan = load(buf, &offset, UInt64.self)
-        let posInf = load(buf, &offset, UInt64.self)
-        let negInf = load(buf, &offset, UInt64.self)
-        var lo: Float? = nil, hi: Float? = nil
-        if flags & 2 != 0 {
-            try need(buf, offset, 8, "\(what) min/max")
-            lo = Float(bitPattern: load(buf, &offset, UInt32.self))
-            hi = Float(bitPattern: load(buf, &offset, UInt32.self))
-        }
-        try need(buf, offset, 3, "\(what) bin count")
-        let n = Int(load(buf, &offset, UInt16.self))
-        let width = Int(load(buf, &offset, UInt8.self))
-        if n > Histogram.maxBinCount { throw .malformed(type: "RESULT", reason: "\(what): bin count \(n) exceeds \(Histogram.maxBinCount)") }
-        guard width == 1 || width == 2 || width == 4 || width == 8 else {
-            throw .malformed(type: "RESULT", reason: "\(what): count width \(width) is not 1, 2, 4 or 8")
-        }
-        try need(buf, offset, n * width, "\(what) counts")
-        let base = offset
-        let counts = [UInt64](unsafeUninitializedCapacity: n) { dst, initialized in
-            switch width {
-            case 1: for j in 0..<n { dst[j] = UInt64(buf[base + j]) }
-            case 2: for j in 0..<n { dst[j] = UInt64(UInt16(littleEndian: buf.loadUnaligned(fromByteOffset: base + 2 * j, as: UInt16.self))) }
-            case 4: for j in 0..<n { dst[j] = UInt64(UInt32(littleEndian: buf.loadUnaligned(fromByteOffset: base + 4 * j, as: UInt32.self))) }
-            default: for j in 0..<n { dst[j] = UInt64(littleEndian: buf.loadUnaligned(fromByteOffset: base + 8 * j, as: UInt64.self)) }
-            }
-            initialized = n
-        }
-        offset += n * width
-        do {
-            // The initializer validates every invariant (counts sum, layout, min/max).
-            return try Histogram(binWidthLog2: flags & 1 != 0 ? k : nil, counts: counts, valueCount: valueCount,
-                                 zeroCount: zeroCount, nanCount: nan, positiveInfinityCount: posInf,
-                                 negativeInfinityCount: negInf, minimum: lo, maximum: hi)
-        } catch {
-            throw .malformed(type: "RESULT", reason: "\(what): \(error)")
+        do { return try EncodedHistograms(validating: bytes, count: count).decoded() } catch {
+            throw .malformed(type: "RESULT", reason: error.description)
         }
     }
 

@@ -100,21 +100,77 @@ public struct Lease: Codable, Sendable, Equatable {
 }
 
 /// Worker → coordinator: the histograms of one shard, tensors in graph order.
+///
+/// A result built in memory holds its histograms as values; one decoded off the wire keeps them in
+/// their validated coding (`encoded`), which the coordinator merges without widening the counts.
+/// `tensors` reads the same either way; equality compares the decoded histograms.
 public struct ShardResult: Sendable, Equatable {
     public var shard: Int
     public var sampleCount: Int
     /// Seconds the worker spent computing (for throughput figures).
     public var computeSeconds: Double
-    public var tensors: [NamedHistogram]
+    var storage: Storage
     /// Samples of the shard left out under the skip-and-count policy.
     public var skipped: [SkippedSampleRecord]
+
+    enum Storage: Sendable {
+        case values([NamedHistogram])
+        case encoded(EncodedHistograms)
+    }
+
     public init(shard: Int, sampleCount: Int, computeSeconds: Double, tensors: [NamedHistogram],
                 skipped: [SkippedSampleRecord] = []) {
         self.shard = shard
         self.sampleCount = sampleCount
         self.computeSeconds = computeSeconds
-        self.tensors = tensors
+        self.storage = .values(tensors)
         self.skipped = skipped
+    }
+
+    public init(shard: Int, sampleCount: Int, computeSeconds: Double, encoded: EncodedHistograms,
+                skipped: [SkippedSampleRecord] = []) {
+        self.shard = shard
+        self.sampleCount = sampleCount
+        self.computeSeconds = computeSeconds
+        self.storage = .encoded(encoded)
+        self.skipped = skipped
+    }
+
+    /// The histograms (decoded on each read when the result came off the wire).
+    public var tensors: [NamedHistogram] {
+        get {
+            switch storage {
+            case .values(let t): return t
+            case .encoded(let e): return e.decoded()
+            }
+        }
+        set { storage = .values(newValue) }
+    }
+
+    /// The tensor names, in order, without decoding any histogram.
+    public var tensorNames: [String] {
+        switch storage {
+        case .values(let t): return t.map(\.name)
+        case .encoded(let e): return e.names
+        }
+    }
+
+    public var tensorCount: Int {
+        switch storage {
+        case .values(let t): return t.count
+        case .encoded(let e): return e.count
+        }
+    }
+
+    /// The histograms in their received coding, when this result was decoded from a message.
+    public var encoded: EncodedHistograms? {
+        if case .encoded(let e) = storage { return e }
+        return nil
+    }
+
+    public static func == (a: ShardResult, b: ShardResult) -> Bool {
+        a.shard == b.shard && a.sampleCount == b.sampleCount && a.computeSeconds == b.computeSeconds && a.skipped == b.skipped
+            && a.tensors == b.tensors
     }
 
     struct Header: Codable {

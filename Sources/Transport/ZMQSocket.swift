@@ -6,6 +6,17 @@ public enum ZMQSocketType: Int32, Sendable {
     case pair = 0, pub = 1, sub = 2, req = 3, rep = 4, dealer = 5, router = 6, pull = 7, push = 8
 }
 
+/// A received zmq_msg_t handed to a `Data` deallocator (which may run on any thread: closing a
+/// message is not tied to its socket's thread).
+private struct OwnedMessage: @unchecked Sendable {
+    let msg: UnsafeMutablePointer<zmq_msg_t>
+    init(_ msg: UnsafeMutablePointer<zmq_msg_t>) { self.msg = msg }
+    func release() {
+        zmq_msg_close(msg)
+        msg.deallocate()
+    }
+}
+
 /// A libzmq socket. NOT thread-safe (libzmq's rule): create it, use it and close it on one thread.
 /// It is deliberately not `Sendable`, so Swift's checker keeps it on its owning thread.
 public final class ZMQSocket {
@@ -150,6 +161,47 @@ public final class ZMQSocket {
             }
         }
         return true
+    }
+
+    /// Receives one whole multipart message, like `receive`, but frames of at least `largeFrameBytes`
+    /// are not copied: they come back in `large` (by frame index) as `Data` that holds libzmq's own
+    /// buffer until released, and their slot in `frames` is left empty. A coordinator receives
+    /// ~1 MB of histogram counts per result; copying them out cost as much as merging them.
+    public func receive(dontWait: Bool = false, largeFrameBytes: Int) throws -> (frames: [[UInt8]], large: [Int: Data])? {
+        var frames: [[UInt8]] = []
+        var large: [Int: Data] = [:]
+        while true {
+            let msg = UnsafeMutablePointer<zmq_msg_t>.allocate(capacity: 1)
+            zmq_msg_init(msg)
+            var kept = false
+            defer {
+                if !kept {
+                    zmq_msg_close(msg)
+                    msg.deallocate()
+                }
+            }
+            let flags: Int32 = (dontWait && frames.isEmpty) ? ZMQ_DONTWAIT : 0
+            let rc = zmq_msg_recv(msg, raw, flags)
+            if rc < 0 {
+                let e = zmq_errno()
+                if e == EINTR { continue }
+                if e == EAGAIN && frames.isEmpty { return nil }
+                throw ZMQError(operation: "zmq_msg_recv", errno: e)
+            }
+            let size = zmq_msg_size(msg)
+            let more = zmq_msg_more(msg) != 0
+            if size >= largeFrameBytes, size > 0, let data = zmq_msg_data(msg) {
+                kept = true
+                let owned = OwnedMessage(msg)
+                large[frames.count] = Data(bytesNoCopy: data, count: size, deallocator: .custom { _, _ in owned.release() })
+                frames.append([])
+            } else if size > 0, let data = zmq_msg_data(msg) {
+                frames.append(Array(UnsafeRawBufferPointer(start: data, count: size)))
+            } else {
+                frames.append([])
+            }
+            if !more { return (frames, large) }
+        }
     }
 
     /// Receives one whole multipart message. Returns nil when nothing is available (`dontWait`) or

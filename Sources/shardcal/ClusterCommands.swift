@@ -580,6 +580,13 @@ final class StopFlag: @unchecked Sendable {
 
 // MARK: - synthetic coordinator load test
 
+/// User + system CPU seconds of this process so far (all threads).
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+}
+
 /// Fake workers send results of 100 tensors × 4096 bins as fast as their credits allow; reports how
 /// many results per second one coordinator decodes, validates and merges. Hidden: a benchmark.
 struct BenchCoordinatorCommand: ParsableCommand {
@@ -640,13 +647,18 @@ struct BenchCoordinatorCommand: ParsableCommand {
         let coordinator = Coordinator(config: cfg, context: context, logger: logger)
         let (ep, _) = try coordinator.start()
         let started = Date()
+        let cpuBefore = processCPUSeconds()
         var threads: [Thread] = []
         let finished = DispatchSemaphore(value: 0)
         for w in 0..<workers {
             let creditCount = credits
             let t = Thread {
                 defer { finished.signal() }
-                guard let s = try? ZMQSocket(context, type: .dealer) else { return }
+                // Each fake worker has its own context (own libzmq I/O thread), as a worker process
+                // would: sharing the coordinator's made one I/O thread copy every byte both ways.
+                guard let workerContext = try? ZMQContext() else { return }
+                defer { workerContext.terminate() }
+                guard let s = try? ZMQSocket(workerContext, type: .dealer) else { return }
                 defer { s.close() }
                 try? s.setLinger(0)
                 try? s.setRoutingID(Array("bench-\(w)".utf8))
@@ -674,12 +686,17 @@ struct BenchCoordinatorCommand: ParsableCommand {
         }
         let result = try coordinator.wait()
         let wall = Date().timeIntervalSince(started)
+        // CPU of the whole process (coordinator, libzmq I/O threads and the fake workers), start to
+        // end: divided by the results, a figure that depends less on other load than results/s.
+        let cpu = processCPUSeconds() - cpuBefore
         for _ in 0..<workers { _ = finished.wait(timeout: .now() + 40) }
         let rate = Double(result.stats.resultsMerged) / result.elapsedSeconds
         print("bench-coordinator: \(result.stats.resultsMerged) results × \(tensors) tensors × \(bins) bins " +
               "(\(payload.count / 1024) KiB payload each) from \(workers) fake workers over \(transport)")
         print(String(format: "  coordinator elapsed %.3f s (wall %.3f s incl. start-up), %.0f results merged per second, %.2f GB/s of histogram payload",
                      result.elapsedSeconds, wall, rate, rate * Double(payload.count) / 1e9))
+        print(String(format: "  process CPU %.2f s (%.2f ms per result, fake workers and end-of-run threshold search included) over %.2f s wall: %.0f%% of one core",
+                     cpu, cpu * 1000 / Double(max(1, result.stats.resultsMerged)), wall, 100 * cpu / wall))
         print("  target: >= 2000 results/s -> \(rate >= 2000 ? "met" : "NOT met")")
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Calibration
 @testable import Transport
 
 @Suite("libzmq wrapper smoke tests")
@@ -94,5 +95,63 @@ struct ZMQSmokeTests {
         #expect(ready[0].contains(.readable))
         #expect(try a.receive() == [[1, 2, 3]])
         a.close(); b.close()
+    }
+}
+
+@Suite("receiving large frames without a copy")
+struct ZMQLargeFrameTests {
+    /// A RESULT with a payload above the threshold arrives with that frame in `large` (its slot in
+    /// `frames` empty), still intact after the socket and the context are gone, and decodes to the
+    /// result that was sent; small frames are plain arrays as before.
+    @Test("large frames stay in libzmq's buffer and decode to the sent RESULT", arguments: ["inproc", "tcp"])
+    func largeResultFrame(transport: String) throws {
+        var tensors: [NamedHistogram] = []
+        for t in 0..<8 {
+            var h = Histogram()
+            h.accumulate((0..<50_000).map { Float(($0 * 7919 + t * 104_729) % 65_536) * 0.001 - 20 })
+            tensors.append(NamedHistogram(name: "layer\(t)/out", histogram: h))
+        }
+        let sent = ShardResult(shard: 12, sampleCount: 5, computeSeconds: 0.5, tensors: tensors)
+        let frames = WireCodec.encode(.result(sent))
+        #expect(frames[3].count > 16_000)
+
+        let ctx = try ZMQContext()
+        let router = try ZMQSocket(ctx, type: .router)
+        try router.setLinger(0)
+        try router.setReceiveTimeout(5000)
+        try router.bind(transport == "tcp" ? "tcp://127.0.0.1:*" : "inproc://large-\(UUID().uuidString)")
+        let dealer = try ZMQSocket(ctx, type: .dealer)
+        try dealer.setLinger(0)
+        try dealer.setRoutingID(Array("w1".utf8))
+        try dealer.connect(try router.lastEndpoint)
+        #expect(try dealer.send(frames))
+        let received = try #require(try router.receive(largeFrameBytes: 16_000))
+        router.close()
+        dealer.close()
+        ctx.terminate()
+
+        #expect(received.frames.count == 5)
+        #expect(received.frames[0] == Array("w1".utf8))
+        #expect(received.frames[4].isEmpty)
+        #expect(Array(received.large.keys) == [4])
+        #expect(Array(received.large[4]!) == frames[3])
+        var large: [Int: Data] = [:]
+        for (i, d) in received.large { large[i - 1] = d }
+        let message = try WireCodec.decode(Array(received.frames.dropFirst()), large: large)
+        guard case .result(let r) = message else { Issue.record("not a RESULT: \(message.typeName)"); return }
+        #expect(r.encoded != nil)
+        #expect(r == sent)
+        #expect(r.tensors == tensors)
+    }
+
+    /// A large frame in a message that is not a RESULT is copied back in and decoded as usual.
+    @Test("a large frame of another message type is decoded like a copied one")
+    func largeJobFrame() throws {
+        let job = Job(jobID: "j", toolVersion: "t", modelDigest: "m", configDigest: "c", heartbeatIntervalMs: 100,
+                      livenessTimeoutMs: 1000, config: Array("a: 1\n".utf8), model: (0..<70_000).map { UInt8($0 % 251) })
+        var frames = WireCodec.encode(.job(job))
+        let model = Data(frames[4])
+        frames[4] = []
+        #expect(try WireCodec.decode(frames, large: [4: model]) == .job(job))
     }
 }

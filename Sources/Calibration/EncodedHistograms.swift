@@ -1,0 +1,212 @@
+import CHistogramKernel
+import Foundation
+
+/// Named histograms in their compact coding, one after the other (per tensor: u32 name length,
+/// UTF-8 name, then `Histogram.encode(into:)`), as a RESULT message carries them.
+///
+/// Validated once, in place: every invariant `Histogram.validate()` checks is checked here too,
+/// but the counts stay in the received bytes. The coordinator then merges each shard straight
+/// from those bytes (`CalibrationState.merge(shard:encoded:)`) instead of widening ~400 k counts
+/// per result into `[UInt64]` arrays first; that widening, and the passes over its output, were
+/// most of the coordinator's time per result.
+public struct EncodedHistograms: Sendable {
+    /// Where one histogram sits in `bytes`, with its decoded header.
+    public struct Entry: Sendable, Equatable {
+        public let name: String
+        let binWidthLog2: Int?
+        /// Byte offset of the first count in `bytes`.
+        let countsOffset: Int
+        let binCount: Int
+        /// Bytes per count: 1, 2, 4 or 8.
+        let countWidth: Int
+        let valueCount: UInt64
+        let zeroCount: UInt64
+        let nanCount: UInt64
+        let positiveInfinityCount: UInt64
+        let negativeInfinityCount: UInt64
+        let minimum: Float?
+        let maximum: Float?
+
+        var maxAbs: Float {
+            guard let lo = minimum, let hi = maximum else { return 0 }
+            return Swift.max(lo.magnitude, hi.magnitude)
+        }
+    }
+
+    /// The payload as received (possibly the network library's own buffer, not a copy).
+    public let bytes: Data
+    public let entries: [Entry]
+
+    public var count: Int { entries.count }
+    public var names: [String] { entries.map(\.name) }
+
+    /// Parses and validates exactly `count` named histograms filling all of `bytes`. Names must be
+    /// unique and at most `maxNameBytes` long. Errors name the tensor and what was wrong.
+    public init(validating bytes: [UInt8], count: Int, maxNameBytes: Int = 4096) throws(DecodingError) {
+        try self.init(validating: Data(bytes), count: count, maxNameBytes: maxNameBytes)
+    }
+
+    /// As above, keeping `bytes` without copying it.
+    public init(validating bytes: Data, count: Int, maxNameBytes: Int = 4096) throws(DecodingError) {
+        var entries: [Entry] = []
+        entries.reserveCapacity(count)
+        var seen = Set<String>()
+        seen.reserveCapacity(count)
+        let end: Result<Int, DecodingError> = bytes.withUnsafeBytes { buf in
+            var offset = 0
+            do throws(DecodingError) {
+                for i in 0..<count {
+                    let name = try Self.readName(buf, &offset, index: i, maxNameBytes: maxNameBytes)
+                    let entry = try Self.readHistogram(buf, &offset, name: name)
+                    if !seen.insert(name).inserted { throw DecodingError.invalid("tensor \(name) appears twice") }
+                    entries.append(entry)
+                }
+                return .success(offset)
+            } catch {
+                return .failure(error)
+            }
+        }
+        let used = try end.get()
+        if used != bytes.count {
+            throw .invalid("\(bytes.count - used) bytes after the last of \(count) tensors")
+        }
+        self.bytes = bytes
+        self.entries = entries
+    }
+
+    /// Histogram `i` as a value (its counts widened to `[UInt64]`).
+    public func histogram(at i: Int) -> Histogram {
+        let e = entries[i]
+        let counts = bytes.withUnsafeBytes { buf in
+            [UInt64](unsafeUninitializedCapacity: e.binCount) { dst, initialized in
+                if e.binCount > 0 {
+                    dst.initialize(repeating: 0)
+                    shc_add_coded_counts(dst.baseAddress!, buf.baseAddress! + e.countsOffset, e.binCount, Int32(e.countWidth), 0)
+                }
+                initialized = e.binCount
+            }
+        }
+        // Validated in init; this cannot throw.
+        return try! Histogram(binWidthLog2: e.binWidthLog2, counts: counts, valueCount: e.valueCount,
+                              zeroCount: e.zeroCount, nanCount: e.nanCount,
+                              positiveInfinityCount: e.positiveInfinityCount,
+                              negativeInfinityCount: e.negativeInfinityCount, minimum: e.minimum, maximum: e.maximum)
+    }
+
+    /// Every histogram as a value, in order.
+    public func decoded() -> [NamedHistogram] {
+        entries.indices.map { NamedHistogram(name: entries[$0].name, histogram: histogram(at: $0)) }
+    }
+
+    // MARK: parsing
+
+    private static func need(_ buf: UnsafeRawBufferPointer, _ offset: Int, _ n: Int, _ what: String) throws(DecodingError) {
+        if n < 0 || n > buf.count - offset {
+            throw .truncated(reading: what, offset: offset, needed: n, available: buf.count - offset)
+        }
+    }
+
+    private static func load<T: FixedWidthInteger>(_ buf: UnsafeRawBufferPointer, _ offset: inout Int, _: T.Type) -> T {
+        let v = T(littleEndian: buf.loadUnaligned(fromByteOffset: offset, as: T.self))
+        offset += MemoryLayout<T>.size
+        return v
+    }
+
+    private static func readName(_ buf: UnsafeRawBufferPointer, _ offset: inout Int, index: Int,
+                                 maxNameBytes: Int) throws(DecodingError) -> String {
+        try need(buf, offset, 4, "name length of tensor \(index)")
+        let length = Int(load(buf, &offset, UInt32.self))
+        if length > maxNameBytes { throw .invalid("name of tensor \(index) is \(length) bytes (limit \(maxNameBytes))") }
+        try need(buf, offset, length, "name of tensor \(index)")
+        guard let name = String(validating: UnsafeRawBufferPointer(rebasing: buf[offset ..< offset + length]), as: UTF8.self) else {
+            throw .invalid("name of tensor \(index) is not valid UTF-8")
+        }
+        offset += length
+        return name
+    }
+
+    private static func readHistogram(_ buf: UnsafeRawBufferPointer, _ offset: inout Int, name: String) throws(DecodingError) -> Entry {
+        let what = "histogram of tensor \(name)"
+        try need(buf, offset, 44, what)
+        let version = load(buf, &offset, UInt8.self)
+        if version != Histogram.codingVersion {
+            throw .invalid("\(what): encoding version \(version) is not supported (expected \(Histogram.codingVersion))")
+        }
+        let flags = load(buf, &offset, UInt8.self)
+        if flags & ~3 != 0 { throw .invalid("\(what): flags \(flags) has unknown bits") }
+        let k = Int(load(buf, &offset, Int16.self))
+        let valueCount = load(buf, &offset, UInt64.self)
+        let zeroCount = load(buf, &offset, UInt64.self)
+        let nan = load(buf, &offset, UInt64.self)
+        let posInf = load(buf, &offset, UInt64.self)
+        let negInf = load(buf, &offset, UInt64.self)
+        var lo: Float? = nil, hi: Float? = nil
+        if flags & 2 != 0 {
+            try need(buf, offset, 8, "\(what) min/max")
+            lo = Float(bitPattern: load(buf, &offset, UInt32.self))
+            hi = Float(bitPattern: load(buf, &offset, UInt32.self))
+        }
+        try need(buf, offset, 3, "\(what) bin count")
+        let n = Int(load(buf, &offset, UInt16.self))
+        let width = Int(load(buf, &offset, UInt8.self))
+        if n > Histogram.maxBinCount { throw .invalid("\(what): bin count \(n) exceeds \(Histogram.maxBinCount)") }
+        guard width == 1 || width == 2 || width == 4 || width == 8 else {
+            throw .invalid("\(what): count width \(width) is not 1, 2, 4 or 8")
+        }
+        try need(buf, offset, n * width, "\(what) counts")
+        let start = offset
+        let base = buf.baseAddress! + start
+        let total = n > 0 ? shc_sum_coded_counts(base, n, Int32(width)) : 0
+        let last: UInt64? = n > 0 ? lastCount(base, n, width) : nil
+        offset += n * width
+        let layout: Int? = flags & 1 != 0 ? k : nil
+        do {
+            try Histogram.validateParts(binWidthLog2: layout, binCount: n, binTotal: total, lastBin: last,
+                                        valueCount: valueCount, zeroCount: zeroCount, minimum: lo, maximum: hi)
+        } catch {
+            throw .invalid("\(what): \(error)")
+        }
+        return Entry(name: name, binWidthLog2: layout, countsOffset: start, binCount: n, countWidth: width,
+                     valueCount: valueCount, zeroCount: zeroCount, nanCount: nan, positiveInfinityCount: posInf,
+                     negativeInfinityCount: negInf, minimum: lo, maximum: hi)
+    }
+
+    private static func lastCount(_ base: UnsafeRawPointer, _ n: Int, _ width: Int) -> UInt64 {
+        let p = base + (n - 1) * width
+        switch width {
+        case 1: return UInt64(p.load(as: UInt8.self))
+        case 2: return UInt64(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
+        case 4: return UInt64(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
+        default: return UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
+        }
+    }
+}
+
+extension Histogram {
+    /// Adds histogram `entry` of a validated `EncodedHistograms` (whose bytes are `bytes`) into this
+    /// one, reading its counts in place. Same result, bit for bit, as `merge(_:)` with the decoded
+    /// histogram: the layout is widened by `ensureLayout` exactly as there, and a finer source is
+    /// coarsened on the fly by summing its bins `j` into `j >> shift`, the same sums `coarsen` makes.
+    mutating func merge(_ entry: EncodedHistograms.Entry, bytes: UnsafeRawBufferPointer) {
+        if let otherK = entry.binWidthLog2 {
+            ensureLayout(forMaxAbs: entry.maxAbs)
+            let shift = binWidthLog2! - otherK // >= 0: ensureLayout made self at least as coarse
+            let src = bytes.baseAddress! + entry.countsOffset
+            let n = entry.binCount
+            withMutableCounts { dst in
+                if shift < 64 {
+                    shc_add_coded_counts(dst.baseAddress!, src, n, Int32(entry.countWidth), UInt32(shift))
+                } else {
+                    // Everything lands in bin 0 (coarsen's collapse case).
+                    dst[0] &+= shc_sum_coded_counts(src, n, Int32(entry.countWidth))
+                }
+            }
+        } else if entry.valueCount > 0, binWidthLog2 != nil {
+            // Other holds only zeros.
+            withMutableCounts { $0[0] &+= entry.valueCount }
+        }
+        addStatistics(valueCount: entry.valueCount, zeroCount: entry.zeroCount, nan: entry.nanCount,
+                      posInf: entry.positiveInfinityCount, negInf: entry.negativeInfinityCount,
+                      minimum: entry.minimum, maximum: entry.maximum)
+    }
+}

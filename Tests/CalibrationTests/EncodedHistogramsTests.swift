@@ -1,0 +1,138 @@
+import Foundation
+import Testing
+@testable import Calibration
+
+/// Named histograms as a RESULT payload lays them out (u32 name length, name, histogram coding).
+private func payload(_ tensors: [NamedHistogram]) -> [UInt8] {
+    var w = ByteWriter()
+    for t in tensors {
+        w.writeString(t.name)
+        t.histogram.encode(into: &w)
+    }
+    return w.bytes
+}
+
+private func histogram(_ values: [Float]) -> Histogram {
+    var h = Histogram()
+    h.accumulate(values)
+    return h
+}
+
+@Suite struct EncodedHistogramsTests {
+    /// Merging shards straight from their coding gives the histogram of all the data at once (the
+    /// independent oracle: one accumulate over the concatenation), whatever the shard order and
+    /// however the shards' layouts differ (k up and down, zero-only and empty shards, non-finite).
+    @Test(arguments: 0..<24)
+    func mergingFromBytesEqualsTheWholeData(seed: Int) throws {
+        var rng = SeededGenerator(seed: UInt64(seed) + 7000)
+        let tensorCount = 3
+        let shardCount = 1 + seed % 6
+        // values[t][s]: tensor t's values in shard s, scales varying per shard so layouts differ.
+        var values: [[[Float]]] = []
+        for t in 0..<tensorCount {
+            var perShard: [[Float]] = []
+            for s in 0..<shardCount {
+                let n = [0, 1, 50, 3000, 20_000][(seed + t + s) % 5]
+                var v = randomValues(n, rng: &rng).map { $0 * Float(sign: .plus, exponent: Int.random(in: -8...8, using: &rng), significand: 1) }
+                if (seed + s) % 5 == 1 { v = Array(repeating: 0, count: n) }          // zeros only
+                if (seed + t) % 7 == 2, !v.isEmpty { v[0] = .nan }
+                if (seed * 3 + s) % 11 == 4 { v.append(.infinity) }
+                perShard.append(v)
+            }
+            values.append(perShard)
+        }
+        let names = (0..<tensorCount).map { "t\($0)/out" }
+        var state = CalibrationState(toolVersion: "x", modelDigest: "m", configDigest: "c")
+        var reference = state
+        for s in (0..<shardCount).shuffled(using: &rng) {
+            let tensors = (0..<tensorCount).map { NamedHistogram(name: names[$0], histogram: histogram(values[$0][s])) }
+            let encoded = try EncodedHistograms(validating: payload(tensors), count: tensorCount)
+            #expect(encoded.names == names)
+            #expect(encoded.decoded() == tensors)
+            try state.merge(shard: s, encoded: encoded)
+            try reference.merge(shard: s, tensors: tensors)
+        }
+        #expect(state == reference)
+        for t in 0..<tensorCount {
+            let whole = histogram(values[t].flatMap { $0 })
+            #expect(state.histograms[names[t]] == whole, "tensor \(t)")
+            #expect(OracleHistogram(values[t].flatMap { $0 }).matches(state.histograms[names[t]]!))
+        }
+    }
+
+    /// Every count width (1, 2, 4, 8 bytes) and a source finer than the target by many binades.
+    @Test func everyCountWidthAndLargeShifts() throws {
+        var fine = histogram([1e-6, 2e-6, 3e-6])        // tiny k
+        let coarse = histogram([1e6, 5])                 // k about 8
+        // Widths: counts up to 255, 65535, 2^32-1 and beyond, built through the validating initialiser.
+        for (i, top) in [UInt64(200), 60_000, 4_000_000_000, 1 << 40].enumerated() {
+            var counts = coarse.counts
+            counts[counts.count - 1] = top
+            let big = try Histogram(binWidthLog2: coarse.binWidthLog2, counts: counts,
+                                    valueCount: counts.reduce(0, +), zeroCount: 0, nanCount: 0,
+                                    positiveInfinityCount: 0, negativeInfinityCount: 0,
+                                    minimum: coarse.minimum, maximum: coarse.maximum)
+            let encoded = try EncodedHistograms(validating: payload([NamedHistogram(name: "x", histogram: big)]), count: 1)
+            #expect(encoded.histogram(at: 0) == big, "width case \(i)")
+            var a = fine
+            a.merge(big)
+            var b = fine
+            encoded.bytes.withUnsafeBytes { b.merge(encoded.entries[0], bytes: $0) }
+            #expect(a == b, "width case \(i)")
+        }
+        // Fine source into a coarse target (shift of ~28 binades), and the reverse.
+        let e1 = try EncodedHistograms(validating: payload([NamedHistogram(name: "f", histogram: fine)]), count: 1)
+        var target = coarse
+        e1.bytes.withUnsafeBytes { target.merge(e1.entries[0], bytes: $0) }
+        #expect(target == coarse.merged(with: fine))
+        let e2 = try EncodedHistograms(validating: payload([NamedHistogram(name: "c", histogram: coarse)]), count: 1)
+        e2.bytes.withUnsafeBytes { fine.merge(e2.entries[0], bytes: $0) }
+        #expect(fine == histogram([1e-6, 2e-6, 3e-6, 1e6, 5]))
+    }
+
+    /// The in-place validator accepts and rejects exactly what the reference decoder
+    /// (`Histogram(decoding:)`, a separate byte-by-byte reader) does, on every single-byte damage
+    /// of a valid payload; what both accept decodes to the same histogram.
+    @Test func validatesLikeTheReferenceDecoder() throws {
+        let tensors = [
+            NamedHistogram(name: "a", histogram: histogram([0, 0.5, -1.25, 3, 7.5, -0.001])),
+            NamedHistogram(name: "b", histogram: histogram((0..<700).map { Float($0 % 97) * 0.37 - 11 })),
+        ]
+        let bytes = payload(tensors)
+        var rng = SeededGenerator(seed: 42)
+        var accepted = 0, rejected = 0
+        for position in 0..<bytes.count {
+            for delta: UInt8 in [1, 0x80, UInt8.random(in: 2...0x7f, using: &rng)] {
+                var damaged = bytes
+                damaged[position] &+= delta
+                let ours = try? EncodedHistograms(validating: damaged, count: 2).decoded()
+                let reference = referenceDecode(damaged, count: 2)
+                #expect(ours == reference, "byte \(position) + \(delta)")
+                if ours == nil { rejected += 1 } else { accepted += 1 }
+            }
+        }
+        #expect(rejected > 0)
+        #expect(throws: DecodingError.invalid("1 bytes after the last of 2 tensors")) {
+            try EncodedHistograms(validating: bytes + [0], count: 2)
+        }
+        #expect(throws: DecodingError.invalid("tensor a appears twice")) {
+            try EncodedHistograms(validating: payload([tensors[0], tensors[0]]), count: 2)
+        }
+        for cut in 0..<bytes.count {
+            #expect(throws: DecodingError.self) { try EncodedHistograms(validating: Array(bytes.prefix(cut)), count: 2) }
+        }
+    }
+
+    /// Oracle for the validator: names through ByteReader, histograms through Histogram(decoding:).
+    private func referenceDecode(_ bytes: [UInt8], count: Int) -> [NamedHistogram]? {
+        var reader = ByteReader(bytes)
+        var out: [NamedHistogram] = []
+        for _ in 0..<count {
+            guard let name = try? reader.readString("name", maxLength: 4096),
+                  let h = try? Histogram(from: &reader) else { return nil }
+            if out.contains(where: { $0.name == name }) { return nil }
+            out.append(NamedHistogram(name: name, histogram: h))
+        }
+        return reader.isAtEnd ? out : nil
+    }
+}
