@@ -1,9 +1,9 @@
 #ifndef SHARDCAL_HISTOGRAM_KERNEL_H
 #define SHARDCAL_HISTOGRAM_KERNEL_H
 /*
- * The two hot loops of Histogram.accumulate, in C because Swift does not vectorise the scan
- * (measured: scripts/bench-core). The Swift versions in HistogramAccumulator are the reference
- * these are tested against.
+ * The hot loops of Histogram.accumulate and of the entropy threshold search, in C because Swift
+ * does not vectorise them (measured: scripts/bench-core). The Swift versions in
+ * HistogramAccumulator.Reference and ThresholdSearch are the references these are tested against.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -30,16 +30,37 @@ void shc_scan_block(const float *values, size_t n, shc_scan_result *out);
 void shc_bin_block(const float *values, size_t n, float scale, uint16_t *lanes);
 
 /*
- * Screening pass of the entropy (KL) threshold search: for every candidate i in [first, n],
- * out[i - first] = KL divergence computed from prefix sums (see ThresholdSearch.fastDivergence,
- * the Swift reference), with a vectorisable logarithm accurate to about 1e-15 relative. The
- * caller re-evaluates the candidates near the minimum exactly.
- *   prefix_count[j]    = sum of c[0..j-1] (n + 1 entries)
- *   prefix_nonzero[j]  = number of non-zero c[0..j-1]
- *   prefix_clogc[j]    = sum of c*log(c) over c[0..j-1]
- *   c                  = the counts (bin 0 already replaced by bin 1)
+ * Entropy (KL) threshold search over counts c[0..n-1] (bin 0 already replaced by bin 1), from
+ * prefix sums. See ThresholdSearch.entropy, which drives these and re-evaluates near-best
+ * candidates exactly.
+ *   prefix_hi[j] + prefix_lo[j] = sum of c[0..j-1] (n + 1 entries; kept as two parts so the sum is
+ *                                 exact even past 2^53); prefix_lo may be NULL when every
+ *                                 prefix_hi[j] is exact
+ *   prefix_nonzero[j]           = number of non-zero c[0..j-1]
+ *   prefix_clogc[j]             = sum of c*log(c) over c[0..j-1]
  */
-void shc_entropy_screen(const double *prefix_count, const int32_t *prefix_nonzero, const double *prefix_clogc,
-                        const double *c, size_t n, size_t first, double *out);
+typedef struct {
+    const double *prefix_hi;
+    const double *prefix_lo;
+    const int32_t *prefix_nonzero;
+    const double *prefix_clogc;
+    const double *c;
+    size_t n;
+} shc_entropy_input;
+
+/*
+ * For every candidate i in [first, n], out[i - first] = a lower bound on KL(P_i || Q_i): the
+ * divergence of P and Q merged into three cells (bins of levels 0..126; the last level without its
+ * last bin; bin i-1, which carries the outliers). Merging cells never increases a KL divergence
+ * (data-processing inequality), so a candidate whose bound exceeds a divergence already found
+ * cannot win. +inf exactly where the divergence is +inf.
+ */
+void shc_entropy_bounds(const shc_entropy_input *in, size_t first, double *out);
+
+/*
+ * KL(P_i || Q_i) for one candidate i in [128, n] from the prefix sums (ThresholdSearch.fastDivergence
+ * is the Swift reference), with a vectorisable logarithm (within a few ulps of libm's).
+ */
+double shc_entropy_divergence(const shc_entropy_input *in, size_t i);
 
 #endif
