@@ -7,6 +7,9 @@
 #else
 #define SHC_MULTIVERSION
 #endif
+/* Helpers are always inlined, so each target clone gets its own vectorised copy (a helper left as
+ * a call is compiled once, for the baseline target). */
+#define SHC_INLINE static inline __attribute__((always_inline))
 
 SHC_MULTIVERSION
 void shc_scan_block(const float *values, size_t n, shc_scan_result *out) {
@@ -61,7 +64,7 @@ void shc_bin_block(const float *values, size_t n, float scale, uint16_t *lanes) 
  * screen candidates, which are then re-evaluated with libm. x = m * 2^e with m in [sqrt(1/2), sqrt(2));
  * log(m) = 2 atanh(s), s = (m-1)/(m+1), |s| < 0.1716, summed as an odd series to s^19 (truncation
  * below 1e-17 absolute; the result is within a few ulps of log x). */
-static inline double shc_log(double x) {
+SHC_INLINE double shc_log(double x) {
     uint64_t bits;
     memcpy(&bits, &x, 8);
     int64_t e = (int64_t)((bits >> 52) & 0x7ff) - 1023;
@@ -102,44 +105,59 @@ static const double shc_log_small[33] = {
 
 /* Sum of c[s..e-1] from the prefix sums: exact when the prefix sums are (prefix_lo == NULL), else
  * hi and lo parts differenced apart (relative error a few ulps, and never <= 0 for a positive sum). */
-static inline double shc_range(const shc_entropy_input *in, size_t s, size_t e) {
+SHC_INLINE double shc_range(const shc_entropy_input *in, size_t s, size_t e) {
     double d = in->prefix_hi[e] - in->prefix_hi[s];
     if (in->prefix_lo) d += in->prefix_lo[e] - in->prefix_lo[s];
     return d;
 }
 
+/* The bound of shc_entropy_bounds for candidates first..n, written without branches so it
+ * vectorises (every log gets a harmless argument where its term is zero or the candidate is
+ * infinite). `exact` selects the prefix_lo-free path. */
+SHC_INLINE void shc_bounds_loop(const shc_entropy_input *in, size_t first, double *restrict out,
+                                int exact) {
+    const double *restrict hi = in->prefix_hi, *restrict lo = in->prefix_lo, *restrict c = in->c;
+    const int32_t *restrict pnz = in->prefix_nonzero;
+    const size_t n = in->n;
+    const double total = exact ? hi[n] : hi[n] + lo[n];
+    for (size_t i = first; i <= n; i++) {
+        /* Cells: A = levels 0..126, B = the last level without its last bin, C = bin i-1. In
+         * counts, P(A) = Q(A); P(B) = sum of B, Q(B) = t/nz per non-empty bin of B;
+         * P(C) = last + outliers, Q(C) = t/nz (last != 0 unless P(C) = 0 or the KL is +inf). */
+        const size_t s = (127 * i + 127) >> 7;
+        double sum_q = hi[i], outliers = hi[n] - hi[i], t = hi[i] - hi[s], p_b = hi[i - 1] - hi[s];
+        if (!exact) {
+            sum_q += lo[i];
+            outliers += lo[n] - lo[i];
+            t += lo[i] - lo[s];
+            p_b += lo[i - 1] - lo[s];
+        }
+        const double last = c[i - 1];
+        const double nz = (double)(pnz[i] - pnz[s]);
+        const double nz_b = nz - (last != 0 ? 1.0 : 0.0);
+        p_b = nz_b > 0 ? p_b : 0.0;
+        const int infinite = (last == 0 && outliers > 0) || sum_q == 0;
+        const double p_c = infinite ? 0.0 : last + outliers;
+        const double ratio_b = p_b > 0 ? (p_b * nz) / (t * nz_b) : 1.0;
+        const double ratio_c = p_c > 0 ? (p_c * nz) / t : 1.0;
+        const double ratio_q = sum_q > 0 ? sum_q / total : 1.0;
+        const double bound = (p_b * shc_log(ratio_b) + p_c * shc_log(ratio_c)) / total + shc_log(ratio_q);
+        out[i - first] = infinite ? __builtin_inf() : bound;
+    }
+}
+
 SHC_MULTIVERSION
 void shc_entropy_bounds(const shc_entropy_input *in, size_t first, double *out) {
-    const size_t n = in->n;
-    const double total = shc_range(in, 0, n);
-    for (size_t i = first; i <= n; i++) {
-        const double sum_q = shc_range(in, 0, i);
-        const double outliers = shc_range(in, i, n);
-        const double last = in->c[i - 1];
-        if ((last == 0 && outliers > 0) || sum_q == 0) {
-            out[i - first] = __builtin_inf();
-            continue;
-        }
-        /* Cells: A = levels 0..126, B = the last level without its last bin, C = bin i-1. In counts,
-         * P(A) = Q(A); P(B) = sum of B, Q(B) = t/nz per non-empty bin of B; P(C) = last + outliers,
-         * Q(C) = t/nz (last != 0 here unless P(C) = 0). */
-        const size_t s = (127 * i + 127) >> 7;
-        const double t = shc_range(in, s, i);
-        const double nz = (double)(in->prefix_nonzero[i] - in->prefix_nonzero[s]);
-        const double nz_b = nz - (last != 0 ? 1.0 : 0.0);
-        const double p_b = nz_b > 0 ? shc_range(in, s, i - 1) : 0.0;
-        const double p_c = last + outliers;
-        double sum = 0.0;
-        if (p_b > 0) sum += p_b * shc_log((p_b * nz) / (t * nz_b));
-        if (p_c > 0) sum += p_c * shc_log((p_c * nz) / t);
-        out[i - first] = sum / total + shc_log(sum_q / total);
-    }
+    if (in->prefix_lo)
+        shc_bounds_loop(in, first, out, 0);
+    else
+        shc_bounds_loop(in, first, out, 1);
 }
 
 /* Sum over the 128 levels of t * log(t / nz), level l covering [ceil(l*i/128), ceil((l+1)*i/128)).
  * The terms go to an array first so the loop vectorises (a running floating-point sum would pin
  * the order), then they are added in a fixed order. `exact` selects the prefix_lo-free path. */
-static inline double shc_level_sum(const shc_entropy_input *in, size_t i, int exact) {
+SHC_INLINE double shc_level_sum(const shc_entropy_input *in, size_t i, int exact) {
     const double *hi = in->prefix_hi, *lo = in->prefix_lo;
     const int32_t *pnz = in->prefix_nonzero;
     double terms[128];
