@@ -33,9 +33,10 @@ void shc_scan_block(const float *values, size_t n, shc_scan_result *out) {
     out->zeros = zeros;
 }
 
+/* Portable binning: indices a chunk at a time (vectorisable), then scattered (scalar). Zeros go to
+ * each lane's spare bin SHC_LANE_BINS, which nobody reads. */
 SHC_MULTIVERSION
-void shc_bin_block(const float *values, size_t n, float scale, uint16_t *lanes) {
-    /* Indices are computed a chunk at a time (vectorisable), then scattered (scalar). */
+void shc_bin_block_portable(const float *values, size_t n, float scale, uint16_t *lanes) {
     int32_t index[256];
     size_t i = 0;
     while (i < n) {
@@ -46,17 +47,203 @@ void shc_bin_block(const float *values, size_t n, float scale, uint16_t *lanes) 
             b &= 0x7fffffffu;
             float magnitude;
             memcpy(&magnitude, &b, 4);
-            index[j] = (int32_t)(magnitude * scale);
+            index[j] = b == 0 ? SHC_LANE_BINS : (int32_t)(magnitude * scale);
         }
         size_t j = 0;
         for (; j + 4 <= m; j += 4) {
             lanes[index[j]]++;
-            lanes[SHC_LANE_BINS + index[j + 1]]++;
-            lanes[2 * SHC_LANE_BINS + index[j + 2]]++;
-            lanes[3 * SHC_LANE_BINS + index[j + 3]]++;
+            lanes[SHC_LANE_STRIDE + index[j + 1]]++;
+            lanes[2 * SHC_LANE_STRIDE + index[j + 2]]++;
+            lanes[3 * SHC_LANE_STRIDE + index[j + 3]]++;
         }
-        for (; j < m; j++) lanes[index[j]]++;
+        for (; j < m; j++) lanes[(j & 3) * SHC_LANE_STRIDE + index[j]]++;
         i += m;
+    }
+}
+
+/* Running scan statistics, merged block by block. */
+SHC_INLINE void shc_scan_merge(shc_scan_result *into, const shc_scan_result *block) {
+    into->max_magnitude_bits =
+        block->max_magnitude_bits > into->max_magnitude_bits ? block->max_magnitude_bits : into->max_magnitude_bits;
+    into->min_key = block->min_key < into->min_key ? block->min_key : into->min_key;
+    into->max_key = block->max_key > into->max_key ? block->max_key : into->max_key;
+    into->zeros += block->zeros;
+}
+
+static const shc_scan_result shc_scan_empty = {0, INT32_MAX, INT32_MIN, 0};
+
+size_t shc_scan_bin_run_portable(const float *values, size_t n, float scale, uint32_t limit_bits, uint16_t *lanes,
+                                 shc_scan_result *out) {
+    *out = shc_scan_empty;
+    size_t done = 0;
+    while (done < n) {
+        size_t m = n - done < SHC_BLOCK ? n - done : SHC_BLOCK;
+        shc_scan_result block;
+        shc_scan_block(values + done, m, &block);
+        if (block.max_magnitude_bits >= limit_bits) break;
+        shc_bin_block_portable(values + done, m, scale, lanes);
+        shc_scan_merge(out, &block);
+        done += m;
+    }
+    return done;
+}
+
+#if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
+#include <immintrin.h>
+#define SHC_HAVE_AVX512 1
+#define SHC_AVX512 __attribute__((target("avx512f")))
+
+SHC_INLINE int shc_cpu_has_avx512(void) { return __builtin_cpu_supports("avx512f"); }
+
+/* Scan state of one block in vector registers. */
+typedef struct {
+    __m512i max_mag, min_key, max_key;
+    size_t zeros;
+} shc_scan_vectors;
+
+/* Scans 16 values and appends the 16-bit bin indices of the non-zero ones (compressed) at
+ * index[count]; returns the new count. Indices of values outside the layout are meaningless (the
+ * block is then discarded). */
+SHC_AVX512 SHC_INLINE size_t shc_scan_index16(const float *values, __m512 scale, uint16_t *index, size_t count,
+                                              shc_scan_vectors *st) {
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+    __m512i v = _mm512_loadu_si512((const void *)values);
+    __m512i mag = _mm512_and_si512(v, abs_mask);
+    st->max_mag = _mm512_max_epu32(st->max_mag, mag);
+    __m512i key = _mm512_xor_si512(v, _mm512_and_si512(_mm512_srai_epi32(v, 31), abs_mask));
+    st->min_key = _mm512_min_epi32(st->min_key, key);
+    st->max_key = _mm512_max_epi32(st->max_key, key);
+    __mmask16 nonzero = _mm512_test_epi32_mask(mag, mag);
+    __m512i bin = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(mag), scale));
+    _mm256_storeu_si256((__m256i *)(void *)(index + count),
+                        _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(nonzero, bin)));
+    unsigned kept = (unsigned)__builtin_popcount((unsigned)nonzero);
+    st->zeros += 16 - kept;
+    return count + kept;
+}
+
+/* Adds index[k..end) to the lanes, lane = k mod 4. */
+SHC_INLINE void shc_scatter(const uint16_t *index, size_t k, size_t end, uint16_t *lanes) {
+    for (; k < end && (k & 3) != 0; k++) lanes[(k & 3) * SHC_LANE_STRIDE + index[k]]++;
+    for (; k + 4 <= end; k += 4) {
+        lanes[index[k]]++;
+        lanes[SHC_LANE_STRIDE + index[k + 1]]++;
+        lanes[2 * SHC_LANE_STRIDE + index[k + 2]]++;
+        lanes[3 * SHC_LANE_STRIDE + index[k + 3]]++;
+    }
+    for (; k < end; k++) lanes[(k & 3) * SHC_LANE_STRIDE + index[k]]++;
+}
+
+/* Scans block [values, values + m) into index (returns the count) while it scatters the previous
+ * block's indices prev[k..prev_count), 16 per 16 values scanned, and prefetches 4 KiB ahead
+ * into L2: memory keeps streaming while the scatter (about one store per value) runs. */
+SHC_AVX512 SHC_INLINE size_t shc_scan_block_scattering(const float *values, size_t m, __m512 scale, uint16_t *index,
+                                                       shc_scan_result *out, const uint16_t *prev,
+                                                       size_t prev_count, uint16_t *lanes) {
+    shc_scan_vectors st = {_mm512_setzero_si512(), _mm512_set1_epi32(INT32_MAX), _mm512_set1_epi32(INT32_MIN), 0};
+    size_t count = 0, k = 0, j = 0;
+    for (; j + 16 <= m; j += 16) {
+        __builtin_prefetch((const char *)(values + j) + 4096, 0, 2);
+        count = shc_scan_index16(values + j, scale, index, count, &st);
+        if (k + 16 <= prev_count) {
+            shc_scatter(prev, k, k + 16, lanes);
+            k += 16;
+        }
+    }
+    shc_scatter(prev, k, prev_count, lanes);
+    uint32_t max_mag = _mm512_reduce_max_epu32(st.max_mag);
+    int32_t lo = _mm512_reduce_min_epi32(st.min_key), hi = _mm512_reduce_max_epi32(st.max_key);
+    size_t zeros = st.zeros;
+    const float scale1 = _mm512_cvtss_f32(scale);
+    for (; j < m; j++) {
+        uint32_t b;
+        memcpy(&b, &values[j], 4);
+        uint32_t mag = b & 0x7fffffffu;
+        max_mag = mag > max_mag ? mag : max_mag;
+        int32_t s = (int32_t)b;
+        int32_t key = s ^ ((s >> 31) & 0x7fffffff);
+        lo = key < lo ? key : lo;
+        hi = key > hi ? key : hi;
+        float magnitude;
+        memcpy(&magnitude, &mag, 4);
+        index[count] = (uint16_t)(int32_t)(magnitude * scale1);
+        count += mag != 0;
+        zeros += mag == 0;
+    }
+    out->max_magnitude_bits = max_mag;
+    out->min_key = lo;
+    out->max_key = hi;
+    out->zeros = (uint32_t)zeros;
+    return count;
+}
+
+/* Software pipeline over blocks: block b is scanned while block b-1 (known to fit) is scattered. */
+SHC_AVX512
+static size_t shc_scan_bin_run_avx512(const float *values, size_t n, float scale, uint32_t limit_bits,
+                                      uint16_t *lanes, shc_scan_result *out) {
+    uint16_t index[2][SHC_BLOCK + 16];
+    const __m512 vscale = _mm512_set1_ps(scale);
+    *out = shc_scan_empty;
+    size_t done = 0, prev_count = 0;
+    int current = 0;
+    while (done < n) {
+        size_t m = n - done < SHC_BLOCK ? n - done : SHC_BLOCK;
+        shc_scan_result block;
+        size_t count = shc_scan_block_scattering(values + done, m, vscale, index[current], &block,
+                                                 index[current ^ 1], prev_count, lanes);
+        prev_count = 0;
+        if (block.max_magnitude_bits >= limit_bits) break;
+        shc_scan_merge(out, &block);
+        prev_count = count;
+        current ^= 1;
+        done += m;
+    }
+    shc_scatter(index[current ^ 1], 0, prev_count, lanes);
+    return done;
+}
+
+/* Binning alone (after a layout change): the same scan-and-compress, then the scatter. */
+SHC_AVX512
+static void shc_bin_block_avx512(const float *values, size_t n, float scale, uint16_t *lanes) {
+    uint16_t index[SHC_BLOCK + 16];
+    const __m512 vscale = _mm512_set1_ps(scale);
+    while (n > 0) {
+        size_t m = n < SHC_BLOCK ? n : SHC_BLOCK;
+        shc_scan_result ignored;
+        size_t count = shc_scan_block_scattering(values, m, vscale, index, &ignored, NULL, 0, lanes);
+        shc_scatter(index, 0, count, lanes);
+        values += m;
+        n -= m;
+    }
+}
+#endif
+
+void shc_bin_block(const float *values, size_t n, float scale, uint16_t *lanes) {
+#ifdef SHC_HAVE_AVX512
+    if (shc_cpu_has_avx512()) {
+        shc_bin_block_avx512(values, n, scale, lanes);
+        return;
+    }
+#endif
+    shc_bin_block_portable(values, n, scale, lanes);
+}
+
+size_t shc_scan_bin_run(const float *values, size_t n, float scale, uint32_t limit_bits, uint16_t *lanes,
+                        shc_scan_result *out) {
+#ifdef SHC_HAVE_AVX512
+    if (shc_cpu_has_avx512()) return shc_scan_bin_run_avx512(values, n, scale, limit_bits, lanes, out);
+#endif
+    return shc_scan_bin_run_portable(values, n, scale, limit_bits, lanes, out);
+}
+
+void shc_flush_lanes(uint16_t *lanes, size_t bins, uint64_t *counts) {
+    for (size_t j = 0; j < bins; j++) {
+        uint64_t sum = 0;
+        for (size_t lane = 0; lane < SHC_LANES; lane++) {
+            sum += lanes[lane * SHC_LANE_STRIDE + j];
+            lanes[lane * SHC_LANE_STRIDE + j] = 0;
+        }
+        counts[j] += sum;
     }
 }
 
