@@ -178,6 +178,12 @@ public struct Histogram: Sendable, Equatable, Hashable {
         if let hi = maximum { self.maximum = self.maximum.map { Histogram.totalOrderMax($0, hi) } ?? hi }
     }
 
+    /// Adds `count` zeros to bin 0 (a layout exists).
+    @usableFromInline
+    mutating func addZerosToBinZero(_ count: UInt64) {
+        if count > 0 { counts[0] &+= count }
+    }
+
     /// Adds `count` zeros seen while there is no layout (all values so far are zero).
     @usableFromInline
     mutating func addZerosWithoutLayout(_ count: UInt64) {

@@ -2,23 +2,27 @@ import CHistogramKernel
 
 /// The hot loop behind `Histogram.accumulate`.
 ///
-/// Values are processed in blocks small enough to stay in L1: one pass over the block's bit
-/// patterns finds max|x|, the signed min/max (in total order), the zero count and whether any
-/// value is non-finite; the layout is then coarsened if needed, and a second pass over the same
-/// (cached) block bins the values into interleaved 32-bit sub-histograms, which are folded into
-/// the 64-bit counts at the end. The result is independent of the block size, as merging is exact.
+/// Once a layout exists, one C call (`shc_scan_bin_run`) reads a long run of values once, block
+/// by block: it finds max|x|, the signed min/max (in total order), the zero count and whether any
+/// value is non-finite, computes the bin of every non-zero value with the current layout, and
+/// scatters those of each block that fits the layout (all finite, max|x| below 4096 bins) into
+/// interleaved 16-bit sub-histograms, which are folded into the 64-bit counts now and then. Zeros
+/// (often a large share of activations) are not scattered: the scan counts them, and they go
+/// straight to bin 0. The run stops before a block that does not fit (no layout yet, a coarser
+/// layout needed, NaN/Inf); that block takes the slower path: layout change, then a separate
+/// binning pass. The result is independent of the block size, as merging is exact.
 ///
-/// The scan and the binning run in a small C kernel (`CHistogramKernel`, vectorised with runtime
-/// CPU dispatch); `Reference` below holds the same loops in plain Swift, which tests compare with.
+/// `Reference` below holds the same loops in plain Swift, which tests compare the C kernel with.
 @usableFromInline
 enum HistogramAccumulator {
-    static let blockSize = 4096
+    static let blockSize = Int(SHC_BLOCK)
     /// Interleaved sub-histograms break the dependency chain when consecutive values share a bin.
-    static let lanes = 4
+    static let lanes = Int(SHC_LANES)
+    static let laneStride = Int(SHC_LANE_STRIDE)
     /// Below this many values, binning goes straight into the 64-bit counts.
     static let directThreshold = 1 << 14
-    /// 16-bit lanes are flushed before any lane bin could pass 65535 (each lane takes at most a
-    /// quarter of the values, plus a remainder of at most 3 per 256-value chunk).
+    /// 16-bit lanes are flushed before any lane bin could pass 65535: each lane takes at most a
+    /// quarter of each block's values, rounded up, so at most 60_000 + 118 here.
     static let flushAfterValues = 4 * 60_000
 
     struct BlockStats {
@@ -28,10 +32,17 @@ enum HistogramAccumulator {
         var zeros: Int = 0
     }
 
+    /// Float bits of 4096·2^k, the first magnitude outside layout k (+inf's bits when 4096·2^k
+    /// is not a finite Float: then every finite value fits).
+    @inline(__always)
+    static func limitBits(binWidthLog2 k: Int) -> UInt32 {
+        let e = k + 12
+        return e <= 127 ? UInt32(e + 127) << 23 : 0x7F80_0000
+    }
+
     @usableFromInline
     static func accumulate(_ values: UnsafeBufferPointer<Float>, into histogram: inout Histogram) {
         let useLanes = values.count >= directThreshold
-        let laneStride = Histogram.maxBinCount
         let sub = UnsafeMutablePointer<UInt16>.allocate(capacity: useLanes ? lanes * laneStride : 1)
         defer { sub.deallocate() }
         if useLanes { sub.initialize(repeating: 0, count: lanes * laneStride) }
@@ -39,21 +50,38 @@ enum HistogramAccumulator {
 
         func flushSub() {
             guard useLanes, pendingInSub > 0 else { return }
-            histogram.withMutableCounts { counts in
-                for j in 0..<counts.count {
-                    var s = UInt64(0)
-                    for lane in 0..<lanes {
-                        s &+= UInt64(sub[lane * laneStride + j])
-                        sub[lane * laneStride + j] = 0
-                    }
-                    counts[j] &+= s
-                }
-            }
+            histogram.withMutableCounts { counts in shc_flush_lanes(sub, counts.count, counts.baseAddress) }
             pendingInSub = 0
         }
 
         var start = 0
         while start < values.count {
+            if useLanes, let k = histogram.binWidthLog2, k >= -126 && k <= 126 {
+                // Fast path: the layout exists and 2^-k is a Float. Runs of whole blocks, as long
+                // as the lanes can take without a flush.
+                if flushAfterValues - pendingInSub < blockSize { flushSub() }
+                let room = (flushAfterValues - pendingInSub) / blockSize * blockSize
+                let length = Swift.min(values.count - start, room)
+                var scanned = shc_scan_result()
+                let binned = shc_scan_bin_run(values.baseAddress! + start, length,
+                                              Float(sign: .plus, exponent: -k, significand: 1),
+                                              limitBits(binWidthLog2: k), sub, &scanned)
+                if binned > 0 {
+                    start += binned
+                    pendingInSub += binned
+                    if scanned.max_magnitude_bits > 0 {
+                        // Same k (every value is below 4096·2^k); the last bins may be new.
+                        histogram.ensureLayout(forMaxAbs: Float(bitPattern: scanned.max_magnitude_bits))
+                    }
+                    histogram.addZerosToBinZero(UInt64(scanned.zeros))
+                    histogram.addStatistics(valueCount: UInt64(binned), zeroCount: UInt64(scanned.zeros),
+                                            nan: 0, posInf: 0, negInf: 0,
+                                            minimum: Histogram.floatFromKey(scanned.min_key),
+                                            maximum: Histogram.floatFromKey(scanned.max_key))
+                    continue
+                }
+            }
+            // One block the run could not take.
             let end = Swift.min(start + blockSize, values.count)
             let block = UnsafeBufferPointer(rebasing: values[start..<end])
             start = end
@@ -86,6 +114,7 @@ enum HistogramAccumulator {
             }
             if useLanes && k >= -126 && k <= 126 {
                 shc_bin_block(block.baseAddress, block.count, Float(sign: .plus, exponent: -k, significand: 1), sub)
+                histogram.addZerosToBinZero(UInt64(stats.zeros))
                 pendingInSub += block.count
             } else {
                 histogram.withMutableCounts { counts in binBlockDirect(block, k: k, counts: counts) }
@@ -133,31 +162,14 @@ enum HistogramAccumulator {
             return stats
         }
 
+        /// Bins every non-zero value of the block into the lanes, in turn (zeros are left out, as
+        /// the C kernel does: the caller counts them into bin 0).
         static func binBlockIntoLanes(_ block: UnsafeBufferPointer<Float>, k: Int,
                                       sub: UnsafeMutablePointer<UInt16>, laneStride: Int) {
-            if k >= -126 && k <= 126 {
-                let scale = Float(sign: .plus, exponent: -k, significand: 1)
-                let n = block.count
-                var i = 0
-                let base = block.baseAddress!
-                let l1 = sub + laneStride, l2 = sub + 2 * laneStride, l3 = sub + 3 * laneStride
-                while i + 4 <= n {
-                    let b0 = Int(Int32(base[i].magnitude * scale))
-                    let b1 = Int(Int32(base[i + 1].magnitude * scale))
-                    let b2 = Int(Int32(base[i + 2].magnitude * scale))
-                    let b3 = Int(Int32(base[i + 3].magnitude * scale))
-                    sub[b0] &+= 1
-                    l1[b1] &+= 1
-                    l2[b2] &+= 1
-                    l3[b3] &+= 1
-                    i += 4
-                }
-                while i < n {
-                    sub[Int(Int32(base[i].magnitude * scale))] &+= 1
-                    i += 1
-                }
-            } else {
-                for x in block { sub[Histogram.binIndex(ofMagnitude: x.magnitude, binWidthLog2: k)] &+= 1 }
+            var lane = 0
+            for x in block where x != 0 {
+                sub[lane * laneStride + Histogram.binIndex(ofMagnitude: x.magnitude, binWidthLog2: k)] &+= 1
+                lane = (lane + 1) % 4
             }
         }
 

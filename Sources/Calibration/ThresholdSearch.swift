@@ -93,8 +93,17 @@ public enum ThresholdSearch {
     /// over the level's non-empty bins. Bin 0 is first given bin 1's count (the zero spike after
     /// ReLU). The smallest divergence wins; the last candidate on ties. amax = i·w.
     ///
-    /// Each candidate costs O(128) through prefix sums; candidates within a hair of the best are
-    /// then re-evaluated term by term, so exact ties (e.g. divergence 0) are decided exactly.
+    /// Three stages, all in float64:
+    /// 1. a lower bound for every candidate in O(1) (`shc_entropy_bounds`: P and Q merged into three
+    ///    cells, which cannot increase a KL divergence);
+    /// 2. the divergence from prefix sums in O(128) (`shc_entropy_divergence`) for the candidates
+    ///    whose bound does not already exceed the best divergence found so far (visited from the
+    ///    smallest bound, then from i = n down, which finds a low divergence early);
+    /// 3. the candidates within `tolerance` of the best are re-evaluated term by term
+    ///    (`exactDivergence`), so exact ties (e.g. divergence 0) are decided exactly.
+    /// A candidate is skipped only when its bound exceeds the best by more than the tolerance plus
+    /// twice the error bound, so the answer is the one the term-by-term evaluation of every
+    /// candidate gives.
     public static func entropy(counts rawCounts: [UInt64], binWidth: Double) -> ThresholdResult {
         let n = rawCounts.count
         guard n > startBin else {
@@ -102,43 +111,69 @@ public enum ThresholdSearch {
         }
         var c = rawCounts.map { Double($0) }
         c[0] = c[1]
-        // Prefix sums over bins: count, non-empty bins, c·log c.
-        var prefixCount = [Double](repeating: 0, count: n + 1)
-        var prefixNonZero = [Int32](repeating: 0, count: n + 1)
-        var prefixCLogC = [Double](repeating: 0, count: n + 1)
-        for j in 0..<n {
-            prefixCount[j + 1] = prefixCount[j] + c[j]
-            prefixNonZero[j + 1] = prefixNonZero[j] + (c[j] != 0 ? 1 : 0)
-            prefixCLogC[j + 1] = prefixCLogC[j] + (c[j] > 0 ? c[j] * log(c[j]) : 0)
-        }
-        let total = prefixCount[n]
+        let prefix = EntropyPrefixSums(c)
+        let total = prefix.total
+        let err = entropyErrorBound(binCount: n, total: total)
+        func tolerance(_ best: Double) -> Double { Swift.max(1e-9 * abs(best), 2 * err) }
 
-        // Screening: every candidate's divergence from the prefix sums (C kernel, vectorised).
-        var fast = [Double](repeating: .infinity, count: n + 1)
-        fast.withUnsafeMutableBufferPointer { out in
-            shc_entropy_screen(prefixCount, prefixNonZero, prefixCLogC, c, n, startBin,
-                               out.baseAddress! + startBin)
-        }
+        // Divergence from the prefix sums; +inf for candidates pruned by their bound.
+        var screened = [Double](repeating: .infinity, count: n + 1)
         var best = Double.infinity
-        for i in startBin...n where fast[i] < best { best = fast[i] }
+        prefix.withInput { input in
+            var bounds = [Double](repeating: .infinity, count: n + 1)
+            bounds.withUnsafeMutableBufferPointer { out in
+                shc_entropy_bounds(input, startBin, out.baseAddress! + startBin)
+            }
+            var first = -1
+            var smallest = Double.infinity
+            for i in startBin...n where bounds[i] < smallest {
+                smallest = bounds[i]
+                first = i
+            }
+            guard first >= 0 else { return }
+            best = shc_entropy_divergence(input, first)
+            screened[first] = best
+            for i in stride(from: n, through: startBin, by: -1) where i != first {
+                // `>` is false for NaN: a bound that is not a number never prunes.
+                if bounds[i] > best + tolerance(best) + 2 * err { continue }
+                let d = shc_entropy_divergence(input, i)
+                screened[i] = d
+                if d < best { best = d }
+            }
+        }
         guard best.isFinite else {
             // Cannot happen for a histogram whose last bin is non-empty (i = n is finite);
             // an arbitrary external histogram may end in empty bins: keep everything.
             return ThresholdResult(bin: n, amax: Double(n) * binWidth, divergence: .infinity)
         }
-        // Re-evaluate near-best candidates exactly; the last among equals wins.
-        let tolerance = 1e-9 * Swift.max(abs(best), 1e-3)
-        let near = (startBin...n).filter { fast[$0] <= best + tolerance }
-        var winner = near[0]
-        var winnerValue = exactDivergence(i: winner, c: c)
-        for i in near.dropFirst() {
+        // Re-evaluate near-best candidates exactly; the last among equals wins. (A NaN, never
+        // expected, counts as near.)
+        let limit = best + tolerance(best)
+        var winner = -1
+        var winnerValue = Double.infinity
+        for i in startBin...n where !(screened[i] > limit) {
             let d = exactDivergence(i: i, c: c)
-            if d <= winnerValue {
+            if winner < 0 || d <= winnerValue {
                 winnerValue = d
                 winner = i
             }
         }
         return ThresholdResult(bin: winner, amax: Double(winner) * binWidth, divergence: winnerValue)
+    }
+
+    /// A bound on the absolute error of every divergence the entropy search computes (prefix-sum
+    /// screen, bound and term-by-term evaluation alike), relative to the divergence of the same
+    /// float64 counts in exact arithmetic. Each evaluation adds at most n terms in sequence (the
+    /// term-by-term sums, the c·log c prefix) or 128 level terms, whose magnitudes relative to
+    /// the total add up to at most Λ = 2·log(total) + log(32) + 1 (|log| of any count or level
+    /// mean is at most log(total), of a ratio p/q at most 2·log(total) + log(32), as 1 ≤ c ≤ total
+    /// and a level has at most 32 bins; plus one for the derivative of t·log t); each sum of k
+    /// such terms errs by at most k·u·Σ|terms| (u = 2^-53), each logarithm by a few ulps.
+    /// 4·(n + 256)·u·Λ covers them with room to spare; it is about 6e-11 for 3000 bins and 10^7
+    /// values, far below the gaps between distinct divergences that matter.
+    static func entropyErrorBound(binCount n: Int, total: Double) -> Double {
+        let lambda = 2 * log(Swift.max(total, 2)) + log(32.0) + 1
+        return 4 * Double(n + 256) * (Double.ulpOfOne / 2) * lambda
     }
 
     /// First bin of quantised level `l` for `i` bins: the smallest j with floor(128·j/i) >= l.
@@ -147,6 +182,8 @@ public enum ThresholdSearch {
         (l * i + quantizedLevels - 1) / quantizedLevels
     }
 
+    /// The divergence from prefix sums, plain Swift: the reference `shc_entropy_divergence` is
+    /// tested against (for prefix sums that are exact in float64).
     static func fastDivergence(i: Int, c: [Double], total: Double, prefixCount: [Double],
                                prefixNonZero: [Int32], prefixCLogC: [Double]) -> Double {
         let outliers = total - prefixCount[i]
@@ -286,5 +323,66 @@ public enum ThresholdSearch {
         let num = (2 * r - 1) * a - 254
         if num <= 0 { return 0 }
         return (num + 507) / 508
+    }
+}
+
+/// Prefix sums of the entropy search, in the layout the C kernel reads (`shc_entropy_input`).
+/// The count sums are kept as hi + lo (Knuth's two-sum), which holds them exactly even past 2^53
+/// (every count is an integer below 2^64, so the rounding errors are integers and their sum stays
+/// far below 2^53); lo is passed only when some sum was actually rounded.
+struct EntropyPrefixSums {
+    let c: [Double]
+    var hi: [Double]
+    var lo: [Double]
+    var nonZero: [Int32]
+    var cLogC: [Double]
+    var roundedAny = false
+
+    init(_ c: [Double]) {
+        let n = c.count
+        self.c = c
+        hi = [Double](repeating: 0, count: n + 1)
+        lo = [Double](repeating: 0, count: n + 1)
+        nonZero = [Int32](repeating: 0, count: n + 1)
+        cLogC = [Double](repeating: 0, count: n + 1)
+        var h = 0.0, l = 0.0, nz: Int32 = 0, cl = 0.0
+        for j in 0..<n {
+            let x = c[j]
+            let s = h + x
+            let bb = s - h
+            let e = (h - (s - bb)) + (x - bb)
+            if e != 0 { roundedAny = true }
+            h = s
+            l += e
+            if x != 0 {
+                nz += 1
+                cl += x * log(x)
+            }
+            hi[j + 1] = h
+            lo[j + 1] = l
+            nonZero[j + 1] = nz
+            cLogC[j + 1] = cl
+        }
+    }
+
+    /// Sum of all counts (rounded once).
+    var total: Double { hi[c.count] + lo[c.count] }
+
+    func withInput<R>(_ body: (UnsafePointer<shc_entropy_input>) -> R) -> R {
+        hi.withUnsafeBufferPointer { hi in
+            lo.withUnsafeBufferPointer { lo in
+                nonZero.withUnsafeBufferPointer { nz in
+                    cLogC.withUnsafeBufferPointer { cl in
+                        c.withUnsafeBufferPointer { c in
+                            var input = shc_entropy_input(
+                                prefix_hi: hi.baseAddress, prefix_lo: roundedAny ? lo.baseAddress : nil,
+                                prefix_nonzero: nz.baseAddress, prefix_clogc: cl.baseAddress,
+                                c: c.baseAddress, n: c.count)
+                            return withUnsafePointer(to: &input) { body($0) }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

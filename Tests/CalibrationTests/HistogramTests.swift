@@ -304,21 +304,103 @@ import CHistogramKernel
         guard maxAbs > 0 else { return }
         let k = Histogram.requiredBinWidthLog2(forMaxAbs: maxAbs)
         guard k >= -126 && k <= 126 else { return }
-        let stride = Int(SHC_LANE_BINS)
+        let stride = Int(SHC_LANE_STRIDE)
+        let scale = Float(sign: .plus, exponent: -k, significand: 1)
         var fromC = [UInt16](repeating: 0, count: 4 * stride)
+        var fromPortable = [UInt16](repeating: 0, count: 4 * stride)
         var fromSwift = [UInt16](repeating: 0, count: 4 * stride)
         finite.withUnsafeBufferPointer { buffer in
-            fromC.withUnsafeMutableBufferPointer {
-                shc_bin_block(buffer.baseAddress, buffer.count, Float(sign: .plus, exponent: -k, significand: 1), $0.baseAddress)
+            fromC.withUnsafeMutableBufferPointer { shc_bin_block(buffer.baseAddress, buffer.count, scale, $0.baseAddress) }
+            fromPortable.withUnsafeMutableBufferPointer {
+                shc_bin_block_portable(buffer.baseAddress, buffer.count, scale, $0.baseAddress)
             }
             fromSwift.withUnsafeMutableBufferPointer {
                 HistogramAccumulator.Reference.binBlockIntoLanes(buffer, k: k, sub: $0.baseAddress!, laneStride: stride)
             }
         }
-        // Lane assignment of the tail may differ; the per-bin totals must not.
-        let totalC = (0..<stride).map { j in (0..<4).reduce(0) { $0 + Int(fromC[$1 * stride + j]) } }
-        let totalSwift = (0..<stride).map { j in (0..<4).reduce(0) { $0 + Int(fromSwift[$1 * stride + j]) } }
-        #expect(totalC == totalSwift)
-        #expect(totalC.reduce(0, +) == finite.count)
+        // Lane assignment may differ; the per-bin totals must not. Zeros are left to the caller.
+        func totals(_ lanes: [UInt16]) -> [Int] {
+            (0..<Int(SHC_LANE_BINS)).map { j in (0..<4).reduce(0) { $0 + Int(lanes[$1 * stride + j]) } }
+        }
+        let zeros = finite.filter { $0 == 0 }.count
+        #expect(totals(fromC) == totals(fromSwift))
+        #expect(totals(fromPortable) == totals(fromSwift))
+        #expect(totals(fromC).reduce(0, +) == finite.count - zeros)
+        // No lane takes more than a quarter of each block's values, rounded up (the flush bound).
+        let blocks = (finite.count + Int(SHC_BLOCK) - 1) / Int(SHC_BLOCK)
+        for lanes in [fromC, fromPortable] {
+            for lane in 0..<4 {
+                #expect(lanes[(lane * stride)..<(lane * stride + Int(SHC_LANE_BINS))].reduce(0) { $0 + Int($1) }
+                        <= (finite.count + 3 * blocks) / 4)
+            }
+        }
+    }
+
+    /// The fused run: bins whole blocks up to the first that does not fit the layout (a value at or
+    /// above the limit, or NaN/Inf), and reports the scan of exactly the values it binned.
+    @Test(arguments: 0..<16)
+    func scanBinRunStopsBeforeTheFirstBlockThatDoesNotFit(seed: Int) {
+        var rng = SeededGenerator(seed: UInt64(seed) + 900)
+        let block = Int(SHC_BLOCK), stride = Int(SHC_LANE_STRIDE)
+        let blocks = Int.random(in: 1...5, using: &rng)
+        let count = blocks * block - (seed % 3 == 0 ? Int.random(in: 1..<block, using: &rng) : 0)
+        var values = randomValues(count, rng: &rng).map { $0.isFinite ? $0 : 1 }
+        let maxAbs = values.map(\.magnitude).max()!
+        let k = Histogram.requiredBinWidthLog2(forMaxAbs: maxAbs) + seed % 2   // sometimes coarser
+        let limit = HistogramAccumulator.limitBits(binWidthLog2: k)
+        // A misfit value somewhere, or none.
+        var expectedBinned = count
+        if seed % 4 != 3 {
+            let at = Int.random(in: 0..<count, using: &rng)
+            values[at] = [Float.nan, -.infinity, Float(bitPattern: limit), -Float(bitPattern: limit)][seed % 4]
+            expectedBinned = at / block * block
+        }
+        let scale = Float(sign: .plus, exponent: -k, significand: 1)
+        var reference = [UInt16](repeating: 0, count: 4 * stride)
+        let binnedPart = Array(values[..<expectedBinned])
+        binnedPart.withUnsafeBufferPointer { buffer in
+            reference.withUnsafeMutableBufferPointer {
+                HistogramAccumulator.Reference.binBlockIntoLanes(buffer, k: k, sub: $0.baseAddress!, laneStride: stride)
+            }
+        }
+        let r = binnedPart.withUnsafeBufferPointer { HistogramAccumulator.Reference.scanBlock($0) }
+        for portable in [false, true] {
+            var lanes = [UInt16](repeating: 0, count: 4 * stride)
+            var scanned = shc_scan_result()
+            let binned = values.withUnsafeBufferPointer { buffer in
+                lanes.withUnsafeMutableBufferPointer {
+                    portable
+                        ? shc_scan_bin_run_portable(buffer.baseAddress, buffer.count, scale, limit, $0.baseAddress, &scanned)
+                        : shc_scan_bin_run(buffer.baseAddress, buffer.count, scale, limit, $0.baseAddress, &scanned)
+                }
+            }
+            #expect(binned == expectedBinned, "portable \(portable)")
+            #expect(scanned.max_magnitude_bits == r.maxMagnitudeBits)
+            #expect(scanned.min_key == r.minKey && scanned.max_key == r.maxKey)
+            #expect(Int(scanned.zeros) == r.zeros)
+            for j in 0..<Int(SHC_LANE_BINS) {
+                let got = (0..<4).reduce(0) { $0 + Int(lanes[$1 * stride + j]) }
+                let want = (0..<4).reduce(0) { $0 + Int(reference[$1 * stride + j]) }
+                if got != want { Issue.record("portable \(portable) bin \(j): \(got) != \(want)"); break }
+            }
+            // No lane takes more than a quarter of each block's values, rounded up (the flush bound).
+            for lane in 0..<4 {
+                let taken = lanes[(lane * stride)..<(lane * stride + Int(SHC_LANE_BINS))].reduce(0) { $0 + Int($1) }
+                #expect(taken <= (expectedBinned + 4 * blocks) / 4)
+            }
+        }
+    }
+
+    /// The flush adds the lanes into 64-bit counts and clears them, spare bins aside.
+    @Test func flushAddsLanesAndClearsThem() {
+        let stride = Int(SHC_LANE_STRIDE)
+        var lanes = (0..<(4 * stride)).map { UInt16(truncatingIfNeeded: $0 &* 2_654_435_761 >> 7) }
+        let expected = (0..<3000).map { j in UInt64(5 + j) + (0..<4).reduce(UInt64(0)) { $0 + UInt64(lanes[$1 * stride + j]) } }
+        var counts = (0..<3000).map { UInt64(5 + $0) }
+        lanes.withUnsafeMutableBufferPointer { l in
+            counts.withUnsafeMutableBufferPointer { shc_flush_lanes(l.baseAddress, 3000, $0.baseAddress) }
+        }
+        #expect(counts == expected)
+        for lane in 0..<4 { #expect(lanes[(lane * stride)..<(lane * stride + 3000)].allSatisfy { $0 == 0 }) }
     }
 }

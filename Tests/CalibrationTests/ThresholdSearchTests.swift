@@ -94,30 +94,35 @@ enum NaiveSearch {
     static func entropy(_ raw: [UInt64]) -> Int {
         var c = raw.map { Double($0) }
         c[0] = c[1]
-        let n = c.count
         var best = Double.infinity, bestI = -1
-        for i in 128...n {
-            let outliers = c[i...].reduce(0, +)
-            var p = Array(c[0..<i]); p[i - 1] += outliers
-            // level of bin j: digitize against boundaries l·i/128.
-            var level = [Int](repeating: 0, count: i)
-            for j in 0..<i {
-                var l = 0
-                while l < 128 && Double(l + 1) * Double(i) / 128 <= Double(j) { l += 1 }
-                level[j] = l
-            }
-            var total = [Double](repeating: 0, count: 128), nz = [Double](repeating: 0, count: 128)
-            for j in 0..<i where c[j] != 0 { total[level[j]] += c[j]; nz[level[j]] += 1 }
-            let q = (0..<i).map { c[$0] != 0 ? total[level[$0]] / nz[level[$0]] : 0 }
-            let sp = p.reduce(0, +), sq = q.reduce(0, +)
-            var kl = 0.0
-            for j in 0..<i where p[j] > 0 {
-                if q[j] == 0 { kl = .infinity; break }
-                kl += p[j] / sp * log((p[j] / sp) / (q[j] / sq))
-            }
+        for i in 128...c.count {
+            let kl = divergence(c, i)
             if kl <= best { best = kl; bestI = i }
         }
         return bestI
+    }
+
+    /// KL(P‖Q) of candidate i over counts c (bin 0 already replaced), term by term.
+    static func divergence(_ c: [Double], _ i: Int) -> Double {
+        let outliers = c[i...].reduce(0, +)
+        var p = Array(c[0..<i]); p[i - 1] += outliers
+        // level of bin j: digitize against boundaries l·i/128.
+        var level = [Int](repeating: 0, count: i)
+        for j in 0..<i {
+            var l = 0
+            while l < 128 && Double(l + 1) * Double(i) / 128 <= Double(j) { l += 1 }
+            level[j] = l
+        }
+        var total = [Double](repeating: 0, count: 128), nz = [Double](repeating: 0, count: 128)
+        for j in 0..<i where c[j] != 0 { total[level[j]] += c[j]; nz[level[j]] += 1 }
+        let q = (0..<i).map { c[$0] != 0 ? total[level[$0]] / nz[level[$0]] : 0 }
+        let sp = p.reduce(0, +), sq = q.reduce(0, +)
+        var kl = 0.0
+        for j in 0..<i where p[j] > 0 {
+            if q[j] == 0 { return .infinity }
+            kl += p[j] / sp * log((p[j] / sp) / (q[j] / sq))
+        }
+        return kl
     }
 
     static func mse(_ c: [UInt64], width w: Double) -> Int {
@@ -213,7 +218,7 @@ enum NaiveSearch {
 import CHistogramKernel
 
 @Suite struct EntropyScreenKernelTests {
-    /// The C screening kernel (with its own logarithm) against the Swift reference formula.
+    /// The C divergence kernel (with its own logarithm) against the Swift reference formula.
     @Test(arguments: 0..<8)
     func screeningMatchesTheSwiftReference(seed: Int) {
         var raw = ThresholdSearchOracleTests.randomCounts(seed: seed + 40)
@@ -228,17 +233,129 @@ import CHistogramKernel
             pnz[j + 1] = pnz[j] + (c[j] != 0 ? 1 : 0)
             pcl[j + 1] = pcl[j] + (c[j] > 0 ? c[j] * log(c[j]) : 0)
         }
-        var out = [Double](repeating: 0, count: n + 1 - 128)
-        shc_entropy_screen(pc, pnz, pcl, c, n, 128, &out)
+        let prefix = EntropyPrefixSums(c)
+        #expect(!prefix.roundedAny)
         for i in 128...n {
             let reference = ThresholdSearch.fastDivergence(i: i, c: c, total: pc[n], prefixCount: pc,
                                                            prefixNonZero: pnz, prefixCLogC: pcl)
-            let fromC = out[i - 128]
+            let fromC = prefix.withInput { shc_entropy_divergence($0, i) }
             if reference.isInfinite {
                 #expect(fromC.isInfinite, "i = \(i)")
             } else {
                 #expect(abs(fromC - reference) <= 1e-11 * max(1, abs(reference)), "i = \(i): \(fromC) vs \(reference)")
             }
+        }
+    }
+}
+
+/// Histograms of awkward shapes for the entropy search: spikes, everything in one bin, long sparse
+/// tails, flat runs (exact ties), empty trailing bins, and counts near the UInt64 limit.
+enum AdversarialCounts {
+    static let kinds = 10
+
+    static func make(kind: Int, seed: Int) -> [UInt64] {
+        var rng = SeededGenerator(seed: UInt64(seed) &* 104_729 &+ UInt64(kind))
+        let n = Int.random(in: 129...520, using: &rng)
+        var c = [UInt64](repeating: 0, count: n)
+        switch kind {
+        case 0:  // smooth decay with a few huge spikes
+            for j in 0..<n { c[j] = UInt64(2000 * exp(-Double(j) / 150)) + UInt64.random(in: 0...20, using: &rng) }
+            for _ in 0..<Int.random(in: 1...4, using: &rng) { c[Int.random(in: 0..<n, using: &rng)] += 5_000_000 }
+        case 1:  // everything in one bin (anywhere, including bins 0, 1 and the last)
+            let b = [0, 1, n - 1, Int.random(in: 0..<n, using: &rng)][seed % 4]
+            c[b] = UInt64.random(in: 1...1_000_000, using: &rng)
+            if b < n - 1 && seed % 3 == 0 { c[n - 1] = 1 }
+        case 2:  // dense head, long sparse tail of ones
+            let head = Int.random(in: 20...128, using: &rng)
+            for j in 0..<head { c[j] = UInt64.random(in: 100...10_000, using: &rng) }
+            for j in head..<n where Int.random(in: 0..<25, using: &rng) == 0 { c[j] = 1 }
+            c[n - 1] = 1
+        case 3:  // counts near the UInt64 limit
+            for j in 0..<n { c[j] = UInt64.max - UInt64.random(in: 0...(UInt64.max / 4), using: &rng) }
+        case 4:  // huge and tiny counts mixed (sums far past 2^53, small level totals)
+            for j in 0..<n {
+                c[j] = Int.random(in: 0..<8, using: &rng) == 0
+                    ? UInt64.max / UInt64.random(in: 1...3, using: &rng) : UInt64.random(in: 0...3, using: &rng)
+            }
+            c[n - 1] = max(c[n - 1], 1)
+        case 5:  // flat: many exact ties
+            let v = UInt64.random(in: 1...1000, using: &rng)
+            for j in 0..<n { c[j] = v }
+        case 6:  // flat blocks of 2^k bins (level-aligned ties for some candidates)
+            let width = 1 << Int.random(in: 0...3, using: &rng)
+            for j in 0..<n { c[j] = UInt64((j / width) % 3 + 1) * 7 }
+        case 7:  // trailing empty bins (an external histogram), tail of ones before them
+            let end = Int.random(in: 128...(n - 1), using: &rng)
+            for j in 0..<end { c[j] = UInt64(500 * exp(-Double(j) / 60)) + (j % 7 == 0 ? 1 : 0) }
+            c[end - 1] = max(c[end - 1], 1)
+        case 8:  // two separated clusters, zeros between
+            for j in 0..<min(n, 60) { c[j] = UInt64.random(in: 1000...2000, using: &rng) }
+            for j in max(0, n - 40)..<n { c[j] = UInt64.random(in: 0...50, using: &rng) }
+            c[n - 1] = max(c[n - 1], 1)
+        default:  // random, as the oracle tests, with alternating zeros
+            for j in 0..<n where j % 2 == 0 { c[j] = UInt64.random(in: 0...100_000, using: &rng) }
+            c[n - 1] = max(c[n - 1], 1)
+        }
+        return c
+    }
+}
+
+@Suite struct EntropyPruningTests {
+    static let cases = (0..<AdversarialCounts.kinds).flatMap { kind in (0..<4).map { (kind, $0) } }
+
+    /// The search (bound, pruning, screen, exact re-evaluation) picks the naive transcription's bin.
+    @Test(arguments: cases)
+    func searchMatchesNaiveTranscriptionOnAdversarialShapes(kind: Int, seed: Int) {
+        let c = AdversarialCounts.make(kind: kind, seed: seed)
+        #expect(ThresholdSearch.entropy(counts: c, binWidth: 1).bin == NaiveSearch.entropy(c), "kind \(kind) seed \(seed)")
+    }
+
+    /// The bound never exceeds the divergence, which the naive transcription computes independently;
+    /// it is +inf exactly where the divergence is. The screen agrees with it within the error bound.
+    @Test(arguments: cases)
+    func boundAndScreenAgainstNaiveDivergences(kind: Int, seed: Int) {
+        let raw = AdversarialCounts.make(kind: kind, seed: seed)
+        var c = raw.map { Double($0) }
+        c[0] = c[1]
+        let n = c.count
+        let prefix = EntropyPrefixSums(c)
+        let err = ThresholdSearch.entropyErrorBound(binCount: n, total: prefix.total)
+        guard prefix.total > 0 else {
+            // No values left once bin 0 takes bin 1's count: every candidate is degenerate.
+            #expect(ThresholdSearch.entropy(counts: raw, binWidth: 1).bin == n)
+            return
+        }
+        var bounds = [Double](repeating: 0, count: n + 1 - 128)
+        prefix.withInput { input in
+            bounds.withUnsafeMutableBufferPointer { shc_entropy_bounds(input, 128, $0.baseAddress) }
+        }
+        for i in 128...n {
+            let kl = NaiveSearch.divergence(c, i)
+            let bound = bounds[i - 128]
+            let screened = prefix.withInput { shc_entropy_divergence($0, i) }
+            #expect(!bound.isNaN && !screened.isNaN, "kind \(kind) i \(i)")
+            if kl.isInfinite {
+                #expect(bound.isInfinite && screened.isInfinite, "kind \(kind) i \(i): \(bound) \(screened)")
+            } else {
+                #expect(bound <= kl + err, "kind \(kind) i \(i): bound \(bound) > divergence \(kl)")
+                #expect(abs(screened - kl) <= err, "kind \(kind) i \(i): screen \(screened) vs \(kl)")
+                #expect(abs(ThresholdSearch.exactDivergence(i: i, c: c) - kl) <= err, "kind \(kind) i \(i)")
+            }
+        }
+    }
+
+    /// Counts past 2^53 make the float64 prefix sums inexact; the two-part sums stay exact.
+    @Test func twoPartPrefixSumsAreExactPastTwoToThe53() {
+        let c: [Double] = [Double(UInt64.max), 1, 3, Double(UInt64.max / 3), 1, 0, 5]
+        let prefix = EntropyPrefixSums(c)
+        #expect(prefix.roundedAny)
+        // Exact sums in 128-bit integers.
+        var exact: UInt128 = 0
+        for j in 0..<c.count {
+            exact += UInt128(c[j])
+            // hi + lo represents the sum exactly: hi is the sum rounded, lo the (integer) rest.
+            let hi = prefix.hi[j + 1], lo = prefix.lo[j + 1]
+            #expect(Int128(hi) + Int128(lo) == Int128(exact))
         }
     }
 }
