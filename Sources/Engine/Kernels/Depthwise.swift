@@ -10,13 +10,13 @@
 // separate multiply and add (no FMA), like the reference kernel. Taps in the padding add w·0 = ±0,
 // which leaves the sum unchanged, so results equal the reference (up to the sign of an exact zero).
 // Swift code is compiled for baseline x86-64 (SSE), so on CPUs with AVX-512 or AVX2+FMA the plane
-// loop runs in a small C kernel (Sources/COpenBLAS/shardcal_kernels.h) instead: same tap order,
+// loop runs in a small C kernel (Sources/CConvKernels) instead: same tap order,
 // 16 or 8 lanes, fused multiply-add (so within rounding of the reference, not bit-equal). With
 // AVX-512 and column stride 1 or 2 the C kernel reads the input directly with masked loads (no
 // staging copy); otherwise it uses the padded phase-split copy.
 // The choice depends only on the CPU, never on the thread count.
 
-import COpenBLAS
+import CConvKernels
 
 /// Per-geometry constants of the depthwise kernel.
 struct DepthwisePlan {

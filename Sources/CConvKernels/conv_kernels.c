@@ -1,15 +1,7 @@
-/* shardcal: small x86 SIMD kernels the Swift compiler cannot generate (Swift code is built for
- * baseline x86-64, i.e. SSE2). Each function carries its own target attribute and is only called
- * after the Swift side has checked the CPU flags; the plain Swift kernels remain the reference
- * these are tested against. Header-only (static inline) so no extra package target is needed. */
-#ifndef SHARDCAL_KERNELS_H
-#define SHARDCAL_KERNELS_H
+/* Depthwise convolution kernels with AVX-512 / AVX2 intrinsics (see include/conv_kernels.h). */
+#include "conv_kernels.h"
 
-#include <stddef.h>
-
-/* Atomic counter for dynamic task distribution in the Swift kernels (tasks are fixed by the
- * problem shape; only which worker runs a task varies, so results do not). */
-static inline long shardcal_fetch_add(long *counter, long value) {
+long shardcal_fetch_add(long *counter, long value) {
     return __atomic_fetch_add(counter, value, __ATOMIC_RELAXED);
 }
 
@@ -20,7 +12,7 @@ static inline long shardcal_fetch_add(long *counter, long value) {
  * Swift side (see Depthwise.swift). Output tile t = (y, 16-column block xb) reads
  * pad[y * rowStep + xb + offsets[k]] for tap k; acc = bias, then acc = fma(w[k], x, acc) per tap. */
 __attribute__((target("avx512f")))
-static inline void shardcal_dw_plane_avx512(const float *pad, float *dst, const float *w, float bias,
+void shardcal_dw_plane_avx512(const float *pad, float *dst, const float *w, float bias,
                                             const long *offsets, long taps, long oh, long ow,
                                             long vecsPerRow, long rowStep) {
     const long tiles = oh * vecsPerRow;
@@ -79,7 +71,7 @@ static inline unsigned shardcal_span_mask(long s, long W) {
  * accumulation is bias, then taps in (i, j) order, one FMA each, skipping rows in the padding.
  * Four output rows of one 16-column block are computed together. */
 __attribute__((target("avx512f")))
-static inline int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, float bias,
+int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, float bias,
                                             long H, long W, long oh, long ow, long kh, long kw,
                                             long sh, long sw, long dh, long dw, long pt, long pl) {
     if ((sw != 1 && sw != 2) || kw > 16) return 0;
@@ -179,7 +171,7 @@ static inline int shardcal_dw_direct_avx512(const float *src, float *dst, const 
 
 /* Same with AVX2 + FMA, 8-column tiles. */
 __attribute__((target("avx2,fma")))
-static inline void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float bias,
+void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float bias,
                                           const long *offsets, long taps, long oh, long ow,
                                           long vecsPerRow, long rowStep) {
     const long tiles = oh * vecsPerRow;
@@ -223,5 +215,3 @@ static inline void shardcal_dw_plane_avx2(const float *pad, float *dst, const fl
     }
 }
 #endif /* __x86_64__ */
-
-#endif /* SHARDCAL_KERNELS_H */
