@@ -32,6 +32,15 @@ int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, floa
                               long H, long W, long oh, long ow, long kh, long kw,
                               long sh, long sw, long dh, long dw, long pt, long pl);
 
+/* Pointwise (1×1, stride 1, unpadded) conv of one image in NCHW, output channels [o0, o1) ×
+ * pixels [p0, p1): y[o][p] = bias[o] + Σ_i w[o][i]·x[i][p], accumulated as acc = bias (0 when
+ * bias is NULL), then one FMA per input channel in ascending order. x and y are planes of P
+ * floats (x: ic planes, y: oc planes), w is oc × ic row-major.
+ * clip_out: NULL, or where clip(y) = (y < lo ? lo : (y > hi ? hi : y)) is stored; when it equals
+ * y only the clipped values are stored (in place), otherwise both. */
+void shardcal_pointwise_avx512(const float *x, const float *w, const float *bias, float *y,
+                               long ic, long P, long o0, long o1, long p0, long p1,
+                               float *clip_out, float lo, float hi);
 #endif
 
 #endif

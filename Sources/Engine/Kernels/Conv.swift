@@ -1,5 +1,6 @@
 // Convolution kernels.
-// - 1×1, stride 1, unpadded: Y[n,g] = W[g] · X[n,g] as sgemm blocks, no im2col.
+// - 1×1, stride 1, unpadded: with AVX-512 the C kernel of Pointwise.swift (bias and clip in its
+//   epilogue); otherwise Y[n,g] = W[g] · X[n,g] as sgemm blocks, no im2col.
 // - depthwise (group == inChannels == outChannels): direct Swift kernels (Depthwise.swift).
 // - everything else: per (image, group, column block) im2col into per-worker scratch, then sgemm.
 // Bias is written into the output first and sgemm accumulates onto it (beta = 1).
@@ -38,12 +39,19 @@ extension Kernels {
                             scratch: scratch, threads: threads, fusedClip: fusedClip)
             return
         }
+        let pointwise = g.kernelHeight == 1 && g.kernelWidth == 1 && g.strideH == 1 && g.strideW == 1
+            && g.padTop == 0 && g.padLeft == 0 && g.padBottom == 0 && g.padRight == 0
+        #if arch(x86_64)
+        if pointwise && VectorISA.best == .avx512 {
+            pointwiseConvAVX512(input: input, weight: weight, bias: bias, output: output, geometry: g,
+                                threads: threads, fusedClip: fusedClip)
+            return
+        }
+        #endif
         prepareBLAS()
         let icg = g.inChannels / g.group, ocg = g.outChannels / g.group
         let inPlane = g.inHeight * g.inWidth, outPlane = oh * ow
         let kdim = icg * g.kernelHeight * g.kernelWidth
-        let pointwise = g.kernelHeight == 1 && g.kernelWidth == 1 && g.strideH == 1 && g.strideW == 1
-            && g.padTop == 0 && g.padLeft == 0 && g.padBottom == 0 && g.padRight == 0
         let split = pointwise ? GemmSplit(m: ocg, n: outPlane, k: kdim) : GemmSplit(columnsOf: outPlane, m: ocg, k: kdim)
         let perImage = g.group * split.count
         let tasks = g.batch * perImage
