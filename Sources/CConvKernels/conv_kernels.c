@@ -72,9 +72,11 @@ static inline unsigned shardcal_span_mask(long s, long W) {
  * Four output rows of one 16-column block are computed together. */
 __attribute__((target("avx512f")))
 int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, float bias,
-                                            long H, long W, long oh, long ow, long kh, long kw,
-                                            long sh, long sw, long dh, long dw, long pt, long pl) {
+                              long H, long W, long oh, long ow, long kh, long kw,
+                              long sh, long sw, long dh, long dw, long pt, long pl,
+                              float *clip_out, float lo, float hi) {
     if ((sw != 1 && sw != 2) || kw > 16) return 0;
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
     const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     __mmask16 mlo[16], mhi[16];
     long c0[16];
@@ -159,11 +161,18 @@ int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, floa
 #undef SHARDCAL_LD2
                 }
             }
-            float *o = dst + y * ow + xb;
-            _mm512_mask_storeu_ps(o, storeMask, a0);
-            if (rows > 1) _mm512_mask_storeu_ps(o + ow, storeMask, a1);
-            if (rows > 2) _mm512_mask_storeu_ps(o + 2 * ow, storeMask, a2);
-            if (rows > 3) _mm512_mask_storeu_ps(o + 3 * ow, storeMask, a3);
+            /* max/min return their second operand when either is NaN: NaN passes through the
+             * clip, as x < lo ? lo : (x > hi ? hi : x) does. */
+#define SHARDCAL_DW_STORE(off, a) do { \
+                if (clip_out != dst) _mm512_mask_storeu_ps(dst + (off), storeMask, (a)); \
+                if (clip_out) _mm512_mask_storeu_ps(clip_out + (off), storeMask, _mm512_min_ps(vhi, _mm512_max_ps(vlo, (a)))); \
+            } while (0)
+            const long o = y * ow + xb;
+            SHARDCAL_DW_STORE(o, a0);
+            if (rows > 1) SHARDCAL_DW_STORE(o + ow, a1);
+            if (rows > 2) SHARDCAL_DW_STORE(o + 2 * ow, a2);
+            if (rows > 3) SHARDCAL_DW_STORE(o + 3 * ow, a3);
+#undef SHARDCAL_DW_STORE
         }
     }
     return 1;
@@ -234,7 +243,7 @@ void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float 
 
 __attribute__((target("avx512f"), always_inline))
 static inline void shc_pw_tile(const float *x, const float *w, const float *bias, float *y,
-                               long ic, long P, long o, long p, const int MR, const int NV, __mmask16 last,
+                               long ic, long ldx, long ldy, long o, long p, const int MR, const int NV, __mmask16 last,
                                const int mode, float *clip_out, float lo, float hi) {
     __m512 acc[SHC_PW_MR][SHC_PW_NV];
     for (int r = 0; r < MR; r++) {
@@ -251,13 +260,13 @@ static inline void shc_pw_tile(const float *x, const float *w, const float *bias
             const __m512 wv = _mm512_set1_ps(wp[r * ic + i]);
             for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);
         }
-        xp += P;
+        xp += ldx;
     }
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
     for (int r = 0; r < MR; r++) {
         for (int v = 0; v < NV; v++) {
             const __mmask16 m = (v == NV - 1) ? last : (__mmask16)0xFFFF;
-            const long off = (o + r) * P + p + v * 16;
+            const long off = (o + r) * ldy + p + v * 16;
             if (mode != SHC_STORE_CLIP) _mm512_mask_storeu_ps(y + off, m, acc[r][v]);
             if (mode != SHC_STORE_Y)
                 /* max/min return their second operand when either is NaN: NaN passes through,
@@ -270,37 +279,37 @@ static inline void shc_pw_tile(const float *x, const float *w, const float *bias
 /* Rows [o, o + MR) × pixels [p0, p1), MR ≤ SHC_PW_MR: full 64-pixel tiles, then a masked last one. */
 __attribute__((target("avx512f"), always_inline))
 static inline void shc_pw_rows(const float *x, const float *w, const float *bias, float *y,
-                               long ic, long P, long o, const int MR, long p0, long p1,
+                               long ic, long ldx, long ldy, long o, const int MR, long p0, long p1,
                                const int mode, float *clip_out, float lo, float hi) {
     long p = p0;
     for (; p + 16 * SHC_PW_NV <= p1; p += 16 * SHC_PW_NV)
-        shc_pw_tile(x, w, bias, y, ic, P, o, p, MR, SHC_PW_NV, 0xFFFF, mode, clip_out, lo, hi);
+        shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, SHC_PW_NV, 0xFFFF, mode, clip_out, lo, hi);
     const long rest = p1 - p;
     if (rest <= 0) return;
     const long nv = (rest + 15) / 16;
     const long lastLanes = rest - (nv - 1) * 16;
     const __mmask16 last = (__mmask16)(lastLanes >= 16 ? 0xFFFFu : ((1u << lastLanes) - 1u));
     switch (nv) {
-    case 1: shc_pw_tile(x, w, bias, y, ic, P, o, p, MR, 1, last, mode, clip_out, lo, hi); break;
-    case 2: shc_pw_tile(x, w, bias, y, ic, P, o, p, MR, 2, last, mode, clip_out, lo, hi); break;
-    case 3: shc_pw_tile(x, w, bias, y, ic, P, o, p, MR, 3, last, mode, clip_out, lo, hi); break;
-    default: shc_pw_tile(x, w, bias, y, ic, P, o, p, MR, 4, last, mode, clip_out, lo, hi); break;
+    case 1: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 1, last, mode, clip_out, lo, hi); break;
+    case 2: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 2, last, mode, clip_out, lo, hi); break;
+    case 3: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 3, last, mode, clip_out, lo, hi); break;
+    default: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 4, last, mode, clip_out, lo, hi); break;
     }
 }
 
 __attribute__((target("avx512f"), always_inline))
 static inline void shc_pw_block(const float *x, const float *w, const float *bias, float *y,
-                                long ic, long P, long o0, long o1, long p0, long p1,
+                                long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
                                 const int mode, float *clip_out, float lo, float hi) {
     long o = o0;
     for (; o + SHC_PW_MR <= o1; o += SHC_PW_MR)
-        shc_pw_rows(x, w, bias, y, ic, P, o, SHC_PW_MR, p0, p1, mode, clip_out, lo, hi);
+        shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, SHC_PW_MR, p0, p1, mode, clip_out, lo, hi);
     switch (o1 - o) {
-    case 5: shc_pw_rows(x, w, bias, y, ic, P, o, 5, p0, p1, mode, clip_out, lo, hi); break;
-    case 4: shc_pw_rows(x, w, bias, y, ic, P, o, 4, p0, p1, mode, clip_out, lo, hi); break;
-    case 3: shc_pw_rows(x, w, bias, y, ic, P, o, 3, p0, p1, mode, clip_out, lo, hi); break;
-    case 2: shc_pw_rows(x, w, bias, y, ic, P, o, 2, p0, p1, mode, clip_out, lo, hi); break;
-    case 1: shc_pw_rows(x, w, bias, y, ic, P, o, 1, p0, p1, mode, clip_out, lo, hi); break;
+    case 5: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 5, p0, p1, mode, clip_out, lo, hi); break;
+    case 4: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 4, p0, p1, mode, clip_out, lo, hi); break;
+    case 3: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 3, p0, p1, mode, clip_out, lo, hi); break;
+    case 2: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 2, p0, p1, mode, clip_out, lo, hi); break;
+    case 1: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 1, p0, p1, mode, clip_out, lo, hi); break;
     default: break;
     }
 }
@@ -309,15 +318,15 @@ static inline void shc_pw_block(const float *x, const float *w, const float *bia
  * [o0, o1) sweeps them; row tiles outer, so each output row is written as one stream. */
 __attribute__((target("avx512f")))
 void shardcal_pointwise_avx512(const float *x, const float *w, const float *bias, float *y,
-                               long ic, long P, long o0, long o1, long p0, long p1,
+                               long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
                                float *clip_out, float lo, float hi) {
     long chunk = (SHC_PW_CHUNK_BYTES / 4 / (ic > 0 ? ic : 1)) / 64 * 64;
     if (chunk < 64) chunk = 64;
     for (long c0 = p0; c0 < p1; c0 += chunk) {
         const long c1 = c0 + chunk < p1 ? c0 + chunk : p1;
-        if (!clip_out) shc_pw_block(x, w, bias, y, ic, P, o0, o1, c0, c1, SHC_STORE_Y, clip_out, lo, hi);
-        else if (clip_out == y) shc_pw_block(x, w, bias, y, ic, P, o0, o1, c0, c1, SHC_STORE_CLIP, clip_out, lo, hi);
-        else shc_pw_block(x, w, bias, y, ic, P, o0, o1, c0, c1, SHC_STORE_BOTH, clip_out, lo, hi);
+        if (!clip_out) shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, SHC_STORE_Y, clip_out, lo, hi);
+        else if (clip_out == y) shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, SHC_STORE_CLIP, clip_out, lo, hi);
+        else shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, SHC_STORE_BOTH, clip_out, lo, hi);
     }
 }
 #endif /* __x86_64__ */

@@ -27,19 +27,22 @@ void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float 
 /* Depthwise conv, one plane, read directly from the unpadded input (no staging copy): AVX-512
  * masked loads zero the taps that fall in the padding (and never touch memory outside the row).
  * Column strides 1 and 2 only (returns 0 otherwise, or when kw > 16). Per output element the
- * accumulation is bias, then taps in (i, j) order, one FMA each, skipping rows in the padding. */
+ * accumulation is bias, then taps in (i, j) order, one FMA each, skipping rows in the padding.
+ * clip_out: NULL, or where clip(y) is stored at the same offsets as dst (see
+ * shardcal_pointwise_avx512); equal to dst for a clip in place. */
 int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, float bias,
                               long H, long W, long oh, long ow, long kh, long kw,
-                              long sh, long sw, long dh, long dw, long pt, long pl);
+                              long sh, long sw, long dh, long dw, long pt, long pl,
+                              float *clip_out, float lo, float hi);
 
-/* Pointwise (1×1, stride 1, unpadded) conv of one image in NCHW, output channels [o0, o1) ×
- * pixels [p0, p1): y[o][p] = bias[o] + Σ_i w[o][i]·x[i][p], accumulated as acc = bias (0 when
- * bias is NULL), then one FMA per input channel in ascending order. x and y are planes of P
- * floats (x: ic planes, y: oc planes), w is oc × ic row-major.
- * clip_out: NULL, or where clip(y) = (y < lo ? lo : (y > hi ? hi : y)) is stored; when it equals
- * y only the clipped values are stored (in place), otherwise both. */
+/* Pointwise (1×1, stride 1, unpadded) conv of one image, output channels [o0, o1) × pixels
+ * [p0, p1): y[o][p] = bias[o] + Σ_i w[o][i]·x[i][p], accumulated as acc = bias (0 when bias is
+ * NULL), then one FMA per input channel in ascending order. x has ic rows of stride ldx, y has
+ * rows of stride ldy (both the plane size for NCHW), w is row-major with ic columns.
+ * clip_out: NULL, or where clip(y) = (y < lo ? lo : (y > hi ? hi : y)) is stored, at the same
+ * offsets as y; when it equals y only the clipped values are stored (in place), otherwise both. */
 void shardcal_pointwise_avx512(const float *x, const float *w, const float *bias, float *y,
-                               long ic, long P, long o0, long o1, long p0, long p1,
+                               long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
                                float *clip_out, float lo, float hi);
 #endif
 

@@ -89,14 +89,15 @@ extension Kernels {
         if isa == .avx512 && (g.strideW == 1 || g.strideW == 2) && g.kernelWidth <= 16 {
             // No staging copy: masked loads straight from the input plane.
             let C = g.inChannels
+            // The clip, if any, is applied in the kernel's store.
             parallelTasks(g.batch * C, threads: threads) { p in
                 let c = p % C
-                _ = shardcal_dw_direct_avx512(input + p * g.inHeight * g.inWidth, output + p * g.outHeight * g.outWidth,
+                let offset = p * g.outHeight * g.outWidth
+                _ = shardcal_dw_direct_avx512(input + p * g.inHeight * g.inWidth, output + offset,
                                               weight + c * g.kernelHeight * g.kernelWidth, bias?[c] ?? 0,
                                               g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
-                                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft)
-                applyFusedClip(fusedClip, from: output, base: p * g.outHeight * g.outWidth, rows: 0, 1,
-                               plane: 0, columns: 0, g.outHeight * g.outWidth)
+                                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft,
+                                              fusedClip.map { $0.output + offset }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
             }
             return
         }

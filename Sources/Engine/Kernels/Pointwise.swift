@@ -50,7 +50,7 @@ extension Kernels {
             let yOffset = (n * g.outChannels + grp * ocg) * P
             shardcal_pointwise_avx512(input + (n * g.inChannels + grp * icg) * P, weight + grp * ocg * icg,
                                       bias.map { $0 + grp * ocg }, output + yOffset,
-                                      icg, P, o0, o1, p0, p1,
+                                      icg, P, P, o0, o1, p0, p1,
                                       fusedClip.map { $0.output + yOffset }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
         }
     }
