@@ -28,6 +28,8 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
         .systemLibrary(name: "CImageCodecs", path: "Sources/CImageCodecs"),
 
+        // AVX-512/AVX2 convolution kernels (depthwise, pointwise) the Swift compiler cannot generate.
+        .target(name: "CConvKernels", path: "Sources/CConvKernels"),
         // The two hot loops of histogram accumulation (Swift does not vectorise them; see bench-core).
         .target(name: "CHistogramKernel", path: "Sources/CHistogramKernel"),
         // Pure-Swift math core: mergeable histograms, threshold search, cache/table/state formats.
@@ -42,7 +44,7 @@ let package = Package(
         .target(
             name: "Engine",
             dependencies: [
-                "COpenBLAS",
+                "COpenBLAS", "CConvKernels",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -112,10 +112,14 @@ public final class InferenceSession: @unchecked Sendable {
         }
         let p = try plan(for: shapes)
         let buffers = p.pointers()
-        @inline(__always) func emit(_ s: Int) {
-            guard let tap else { return }
+        @inline(__always) func observed(_ s: Int) -> Bool {
+            guard let tap else { return false }
             let slot = p.slots[s]
-            guard !slot.name.isEmpty, tap.filter.accepts(name: slot.name, opType: slot.opType) else { return }
+            return !slot.name.isEmpty && tap.filter.accepts(name: slot.name, opType: slot.opType)
+        }
+        @inline(__always) func emit(_ s: Int) {
+            guard let tap, observed(s) else { return }
+            let slot = p.slots[s]
             tap.observer(TappedActivation(name: slot.name, opType: slot.opType, shape: slot.shape,
                                           values: UnsafeBufferPointer(start: buffers[slot.buffer], count: slot.count)))
         }
@@ -128,7 +132,9 @@ public final class InferenceSession: @unchecked Sendable {
         }
         var ins: [UnsafePointer<Float>?] = []
         var outs: [UnsafeMutablePointer<Float>] = []
-        for step in p.steps {
+        var i = 0
+        while i < p.steps.count {
+            let step = p.steps[i]
             ins.removeAll(keepingCapacity: true)
             outs.removeAll(keepingCapacity: true)
             for r in step.inputs {
@@ -139,8 +145,22 @@ public final class InferenceSession: @unchecked Sendable {
                 }
             }
             for s in step.outputs { outs.append(buffers[p.slots[s].buffer]) }
+            if let f = p.clipFusions[i] {
+                // Producer + the Clip/Relu after it in one call. When the clip reuses the producer's
+                // buffer, that is only done if no tap needs the unclipped tensor: taps see every
+                // tensor whole, before any reuse. Values are identical either way.
+                let clipBuffer = p.slots[f.clipped].buffer
+                if clipBuffer != p.slots[f.source].buffer || !observed(f.source) {
+                    f.kernel(ins, outs, FusedClip(output: buffers[clipBuffer], min: f.min, max: f.max), context)
+                    for s in step.outputs { emit(s) }
+                    for s in p.steps[i + 1].outputs { emit(s) }
+                    i += 2
+                    continue
+                }
+            }
             step.kernel(ins, outs, context)
             for s in step.outputs { emit(s) }
+            i += 1
         }
         var result: [String: Tensor] = [:]
         for (name, o) in p.outputs {

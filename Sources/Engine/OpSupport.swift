@@ -23,12 +23,24 @@ enum SymValue {
     var constant: HostTensor? { if case .constant(let t) = self { return t } else { return nil } }
 }
 
+/// A kernel that can also write clip(output 0) block by block while it is in cache (see `FusedClip`).
+typealias ClipEpilogueKernel = (_ ins: [UnsafePointer<Float>?], _ outs: [UnsafeMutablePointer<Float>],
+                                _ clip: FusedClip?, _ ctx: ExecContext) -> Void
+
+/// What the planner may fuse a step with.
+enum StepFusion {
+    /// The step's kernel can clip its output 0 in its epilogue (Conv).
+    case clipEpilogue(ClipEpilogueKernel)
+    /// The step clips its input 0 elementwise into output 0 (Clip, Relu).
+    case clip(min: Float, max: Float)
+}
+
 /// Result of building one node for known input shapes.
 enum OpResult {
     /// Every output is known at plan time (constant folding).
     case constants([HostTensor])
-    /// Float outputs computed at run time by `kernel`.
-    case runtime(shapes: [[Int]], kernel: Kernel)
+    /// Float outputs computed at run time by `kernel`; `fusion` says what the planner may fuse.
+    case runtime(shapes: [[Int]], kernel: Kernel, fusion: StepFusion? = nil)
 }
 
 typealias OpBuilder = @Sendable (OpContext) throws -> OpResult

@@ -230,9 +230,9 @@ enum ElementwiseOps {
         r["Mean"] = variadicBuilder(.add, mean: true)
         r["Relu"] = { ctx in
             let s = try ctx.shape(0), n = elementCount(s)
-            return .runtime(shapes: [s]) { ins, outs, ctx in
+            return .runtime(shapes: [s], kernel: { ins, outs, ctx in
                 Kernels.clip(input: ins[0]!, output: outs[0], count: n, min: 0, max: .infinity, threads: ctx.threads)
-            }
+            }, fusion: .clip(min: 0, max: .infinity))
         }
         r["Sigmoid"] = unaryBuilder(sigmoid)
         r["Tanh"] = unaryBuilder { tanhf($0) }
@@ -271,10 +271,10 @@ enum ElementwiseOps {
             if let c = ctx.inputs[0]?.constant, !c.isFloat {
                 return .constants([HostTensor(shape: s, ints: c.intValues.map { min(max($0, Int(lo.rounded(.up))), Int(hi)) })])
             }
-            return .runtime(shapes: [s]) { ins, outs, ctx in
+            return .runtime(shapes: [s], kernel: { ins, outs, ctx in
                 // NaN propagates (both comparisons are false for NaN), as in ORT.
                 Kernels.clip(input: ins[0]!, output: outs[0], count: n, min: lo, max: hi, threads: ctx.threads)
-            }
+            }, fusion: .clip(min: lo, max: hi))
         }
         r["Softmax"] = softmaxBuilder(log: false)
         r["LogSoftmax"] = softmaxBuilder(log: true)

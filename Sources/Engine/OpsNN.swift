@@ -130,10 +130,12 @@ enum NNOps {
                                  dilationH: h.dilation, dilationW: wd.dilation, padTop: h.padBegin, padLeft: wd.padBegin,
                                  padBottom: h.padEnd, padRight: wd.padEnd, group: group)
         let out = [x[0], w[0]] + sp.map(\.output)
-        return .runtime(shapes: [out]) { ins, outs, ctx in
+        let convKernel: ClipEpilogueKernel = { ins, outs, clip, ctx in
             Kernels.conv2d(input: ins[0]!, weight: ins[1]!, bias: ins.count > 2 ? ins[2] : nil, output: outs[0],
-                           geometry: geo, scratch: ctx.scratch, threads: ctx.threads)
+                           geometry: geo, scratch: ctx.scratch, threads: ctx.threads, fusedClip: clip)
         }
+        return .runtime(shapes: [out], kernel: { ins, outs, ctx in convKernel(ins, outs, nil, ctx) },
+                        fusion: .clipEpilogue(convKernel))
     }
 
     static func convTranspose(_ ctx: OpContext) throws -> OpResult {

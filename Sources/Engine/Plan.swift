@@ -29,6 +29,15 @@ final class Plan {
         /// Input positions whose buffer output 0 may take over when that input dies here
         /// (elementwise ops that read element i only before writing element i).
         let inPlaceInputs: [Int]
+        /// What this step may be fused with (see `clipFusions`).
+        var fusion: StepFusion? = nil
+    }
+    /// A step whose kernel can also produce the next step's output: a Clip/Relu of its output 0.
+    struct ClipFusion {
+        let kernel: ClipEpilogueKernel
+        let min: Float, max: Float
+        /// The producer's output 0 (the clip's input) and the clip's output.
+        let source: Int, clipped: Int
     }
     struct Slot {
         let name: String
@@ -48,6 +57,9 @@ final class Plan {
     var outputs: [(name: String, value: Output)] = []
     var bufferCapacities: [Int] = []
     var inPlaceSteps = 0
+    /// Producer step index -> fusion with the clip step right after it. The executor runs the pair
+    /// as one kernel call unless a tap must see the unclipped tensor in a buffer the clip reuses.
+    var clipFusions: [Int: ClipFusion] = [:]
     /// Buffers of the assignment, allocated on first run and kept.
     private var buffers: [UnsafeMutablePointer<Float>] = []
 
@@ -111,10 +123,10 @@ struct Planner {
             }
             let ctx = OpContext(node: node, opset: graph.opset, inputs: ins)
             var result = try builder(ctx)
-            if case .runtime(let shapes, _) = result {
+            if case .runtime(let shapes, _, _) = result {
                 for sh in shapes { try ctx.checkShape(sh, "output") }
             }
-            if case .runtime(let shapes, let kernel) = result, ctx.allInputsConstant,
+            if case .runtime(let shapes, let kernel, _) = result, ctx.allInputsConstant,
                ins.allSatisfy({ $0?.constant?.isFloat ?? true }) {
                 // Constant folding of a float op: run its kernel once on the host.
                 let consts = ins.map { $0?.constant.map { ConstBuffer($0.floatValues) } }
@@ -129,7 +141,7 @@ struct Planner {
             case .constants(let ts):
                 foldedCount += 1
                 for (i, o) in node.outputs.enumerated() where !o.isEmpty && i < ts.count { env[o] = .constant(ts[i]) }
-            case .runtime(let shapes, let kernel):
+            case .runtime(let shapes, let kernel, let fusion):
                 var refs: [Plan.Ref] = []
                 for (i, n) in node.inputs.enumerated() {
                     if n.isEmpty { refs.append(.none); continue }
@@ -162,7 +174,7 @@ struct Planner {
                     inPlace = positions.filter { $0 < ins.count && ins[$0]?.shape == out0 }
                 }
                 plan.steps.append(.init(nodeName: node.name, opType: node.opType, inputs: refs, outputs: outSlots,
-                                        kernel: kernel, inPlaceInputs: inPlace))
+                                        kernel: kernel, inPlaceInputs: inPlace, fusion: fusion))
             }
         }
         for info in graph.outputs {
@@ -175,10 +187,24 @@ struct Planner {
             }
         }
         assignBuffers(plan)
+        findClipFusions(plan)
         logger.debug("built plan", metadata: ["steps": "\(plan.steps.count)", "folded": "\(foldedCount)",
                                               "slots": "\(plan.slots.count)", "buffers": "\(plan.bufferCapacities.count)",
                                               "bufferFloats": "\(plan.totalBufferFloats)", "inPlace": "\(plan.inPlaceSteps)"])
         return plan
+    }
+
+    /// Pairs (producer with a clip epilogue, Clip/Relu of its output 0 as the very next step).
+    /// Running them as one kernel call clips each output block while it is in cache.
+    private func findClipFusions(_ plan: Plan) {
+        for i in plan.steps.indices.dropLast() {
+            let producer = plan.steps[i], next = plan.steps[i + 1]
+            guard case .clipEpilogue(let kernel)? = producer.fusion, case .clip(let lo, let hi)? = next.fusion,
+                  let source = producer.outputs.first, let clipped = next.outputs.first,
+                  case .slot(let s)? = next.inputs.first, s == source,
+                  plan.slots[source].count == plan.slots[clipped].count else { continue }
+            plan.clipFusions[i] = .init(kernel: kernel, min: lo, max: hi, source: source, clipped: clipped)
+        }
     }
 
     /// Ops whose kernels allow output 0 to alias the listed inputs (same shape).

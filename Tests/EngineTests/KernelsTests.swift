@@ -1,5 +1,5 @@
 import Testing
-import Engine
+@testable import Engine
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -599,6 +599,45 @@ struct KernelsFusedClipTests {
                 #expect(yi == ref, "\(g) \(isa)")
                 #expect(ci == ei, "\(g) \(isa)")
             }
+        }
+    }
+}
+
+@Suite("Kernels: pointwise convolution")
+struct KernelsPointwiseTests {
+    /// 1×1 convolutions (the AVX-512 C kernel where the CPU has it, else sgemm): every remainder of
+    /// the 6-channel × 64-pixel register tile, no bias, groups, several tasks per image.
+    @Test func pointwiseMatchesReferenceForAnyTileRemainder() {
+        var rng = KernelTestRNG(seed: 57)
+        var shapes: [Conv2DGeometry] = []
+        for (oc, hw) in [(1, 1), (5, 17), (7, 49), (13, 35), (17, 200), (6, 64), (12, 65), (23, 129)] {
+            shapes.append(Conv2DGeometry(batch: 2, inChannels: 11, inHeight: 1, inWidth: hw, outChannels: oc,
+                                         kernelHeight: 1, kernelWidth: 1))
+        }
+        shapes.append(Conv2DGeometry(batch: 1, inChannels: 192, inHeight: 7, inWidth: 7, outChannels: 1152, kernelHeight: 1, kernelWidth: 1))
+        shapes.append(Conv2DGeometry(batch: 1, inChannels: 16, inHeight: 112, inWidth: 112, outChannels: 96, kernelHeight: 1, kernelWidth: 1))
+        shapes.append(Conv2DGeometry(batch: 3, inChannels: 6, inHeight: 9, inWidth: 10, outChannels: 9, kernelHeight: 1, kernelWidth: 1, group: 3))
+        for (i, g) in shapes.enumerated() {
+            let x = rng.floats(g.batch * g.inChannels * g.inHeight * g.inWidth)
+            let w = rng.floats(g.outChannels * (g.inChannels / g.group))
+            let b: [Float]? = i % 2 == 0 ? rng.floats(g.outChannels) : nil
+            let ref = referenceConv(x, w, b, g)
+            let one = kernelConv(x, w, b, g, threads: 1)
+            let k = Float(g.inChannels / g.group)
+            #expect(kernelMaxAbsDiff(one, ref) <= 2e-6 * k + 1e-6, "\(g)")
+            for t in [2, 3] { #expect(kernelConv(x, w, b, g, threads: t) == one, "\(g) threads \(t)") }
+        }
+    }
+
+    /// Task cuts of the pointwise kernel: whole register tiles, covering every pixel and channel once.
+    @Test func splitCoversTheProductInWholeTiles() {
+        for (oc, ic, p) in [(16, 32, 12544), (96, 16, 12544), (1152, 192, 49), (1280, 320, 49), (112, 672, 196), (1, 1, 1), (7, 3, 5)] {
+            let s = PointwiseSplit(outChannels: oc, inChannels: ic, pixels: p)
+            #expect(s.pixelBlock % 64 == 0 && s.channelBlock % 6 == 0)
+            #expect(s.pixelBlocks * s.pixelBlock >= p && (s.pixelBlocks - 1) * s.pixelBlock < p)
+            #expect(s.channelBlocks * s.channelBlock >= oc && (s.channelBlocks - 1) * s.channelBlock < oc)
+            #expect(s.count >= 1 && s.count <= 32)
+            if oc * ic * p >= 1 << 22 { #expect(s.count >= 2, "\(oc)×\(ic)×\(p) should be cut for two threads") }
         }
     }
 }

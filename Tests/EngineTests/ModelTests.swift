@@ -92,6 +92,33 @@ struct ModelTests {
         #expect(a == c)
     }
 
+    @Test("EfficientNet-Lite0: Conv+Clip run fused when no tap needs the Conv output, with identical tensors", .enabled(if: EnginePaths.exists(EnginePaths.effnetModel), "../shared absent"))
+    func effnetFusedClipMatchesUnfused() throws {
+        for threads in [1, 2] {
+            let s = try InferenceSession(modelPath: EnginePaths.effnetModel.path, options: SessionOptions(threads: threads))
+            var x = Tensor(shape: [1, 3, 224, 224], data: [Float](repeating: 0, count: 3 * 224 * 224))
+            var seed: UInt64 = 7
+            for i in x.data.indices { seed = seed &* 6364136223846793005 &+ 1442695040888963407; x.data[i] = Float(Int(seed >> 40) % 2001 - 1000) / 400 }
+            func run(_ filter: TapFilter?) throws -> (logits: [Float], tapped: [String: [Float]]) {
+                var tapped: [String: [Float]] = [:]
+                let tap = filter.map { f in ActivationTap(filter: f) { tapped[$0.name] = Array($0.values) } }
+                let y = try #require(try s.run(["input": x], tap: tap)["logits"])
+                return (y.data, tapped)
+            }
+            // Every tensor tapped: each Conv output is observed before its Clip reuses the buffer (unfused).
+            let all = try run(.all)
+            // Only Clip outputs tapped (Conv outputs unobserved: fused, clipped in place), and no tap at all.
+            let clips = try run(TapFilter(includeOpTypes: ["Clip"]))
+            let none = try run(nil)
+            #expect(clips.tapped.count == 33)
+            for (name, values) in clips.tapped { #expect(values == all.tapped[name], "\(name), \(threads) threads") }
+            #expect(none.logits == all.logits && clips.logits == all.logits, "\(threads) threads")
+            // The Conv outputs before their clips really are unclipped (some values outside [0, 6]).
+            let convOutsideRange = all.tapped.filter { name, v in name.hasSuffix("Conv_output_0") && v.contains { $0 < 0 || $0 > 6 } }
+            #expect(convOutsideRange.count > 30)
+        }
+    }
+
     @Test("Dynamic batch: batch 3 equals three batch-1 runs", .enabled(if: EnginePaths.exists(EnginePaths.fmnistModel), "../shared absent"))
     func dynamicBatch() throws {
         let s = try InferenceSession(modelPath: EnginePaths.fmnistModel.path)

@@ -1,10 +1,14 @@
 // Convolution kernels.
-// - 1×1, stride 1, unpadded: Y[n,g] = W[g] · X[n,g] as sgemm blocks, no im2col.
-// - depthwise (group == inChannels == outChannels): direct Swift kernels (Depthwise.swift).
-// - everything else: per (image, group, column block) im2col into per-worker scratch, then sgemm.
-// Bias is written into the output first and sgemm accumulates onto it (beta = 1).
+// - 1×1, stride 1, unpadded: with AVX-512 the C pointwise kernel of Pointwise.swift (bias and
+//   clip in its store); otherwise Y[n,g] = W[g] · X[n,g] as sgemm blocks, no im2col.
+// - depthwise (group == inChannels == outChannels): Depthwise.swift.
+// - everything else: per (image, group, column block) im2col into per-worker scratch, then the
+//   same pointwise kernel on the unfolded block with AVX-512, else sgemm (bias written into the
+//   output first, sgemm accumulating onto it with beta = 1).
 // Work is cut into tasks from the per-image shape alone (never from `threads` or the batch size),
 // so each output element is computed by the same calls for any thread count or batch size.
+
+import CConvKernels
 
 extension Kernels {
     @inline(__always)
@@ -38,12 +42,24 @@ extension Kernels {
                             scratch: scratch, threads: threads, fusedClip: fusedClip)
             return
         }
+        let pointwise = g.kernelHeight == 1 && g.kernelWidth == 1 && g.strideH == 1 && g.strideW == 1
+            && g.padTop == 0 && g.padLeft == 0 && g.padBottom == 0 && g.padRight == 0
+        #if arch(x86_64)
+        if pointwise && VectorISA.best == .avx512 {
+            pointwiseConvAVX512(input: input, weight: weight, bias: bias, output: output, geometry: g,
+                                threads: threads, fusedClip: fusedClip)
+            return
+        }
+        #endif
         prepareBLAS()
         let icg = g.inChannels / g.group, ocg = g.outChannels / g.group
         let inPlane = g.inHeight * g.inWidth, outPlane = oh * ow
         let kdim = icg * g.kernelHeight * g.kernelWidth
-        let pointwise = g.kernelHeight == 1 && g.kernelWidth == 1 && g.strideH == 1 && g.strideW == 1
-            && g.padTop == 0 && g.padLeft == 0 && g.padBottom == 0 && g.padRight == 0
+        #if arch(x86_64)
+        let useAVX512 = VectorISA.best == .avx512
+        #else
+        let useAVX512 = false
+        #endif
         let split = pointwise ? GemmSplit(m: ocg, n: outPlane, k: kdim) : GemmSplit(columnsOf: outPlane, m: ocg, k: kdim)
         let perImage = g.group * split.count
         let tasks = g.batch * perImage
@@ -61,6 +77,14 @@ extension Kernels {
             let bg = bias.map { $0 + grp * ocg }
             if split.alongN {
                 let p0 = blk * split.block, p1 = min(outPlane, p0 + split.block)
+                if !pointwise && useAVX512 {
+                    let myCol = col + worker * colStride
+                    im2col(xg, channels: icg, geometry: g, from: p0, to: p1, col: myCol)
+                    // col (kdim × block) as the pointwise kernel's input; bias and clip in its store.
+                    shardcal_pointwise_avx512(myCol - p0, wg, bg, yg, kdim, p1 - p0, outPlane, 0, ocg, p0, p1,
+                                              fusedClip.map { $0.output + (yg - output) }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
+                    return
+                }
                 fillBias(yg, bias: bg, channels: ocg, plane: outPlane, from: p0, to: p1)
                 if pointwise {
                     sgemmRaw(transA: false, transB: false, m: ocg, n: p1 - p0, k: icg, alpha: 1,

@@ -10,13 +10,13 @@
 // separate multiply and add (no FMA), like the reference kernel. Taps in the padding add w·0 = ±0,
 // which leaves the sum unchanged, so results equal the reference (up to the sign of an exact zero).
 // Swift code is compiled for baseline x86-64 (SSE), so on CPUs with AVX-512 or AVX2+FMA the plane
-// loop runs in a small C kernel (Sources/COpenBLAS/shardcal_kernels.h) instead: same tap order,
+// loop runs in a small C kernel (Sources/CConvKernels) instead: same tap order,
 // 16 or 8 lanes, fused multiply-add (so within rounding of the reference, not bit-equal). With
 // AVX-512 and column stride 1 or 2 the C kernel reads the input directly with masked loads (no
 // staging copy); otherwise it uses the padded phase-split copy.
 // The choice depends only on the CPU, never on the thread count.
 
-import COpenBLAS
+import CConvKernels
 
 /// Per-geometry constants of the depthwise kernel.
 struct DepthwisePlan {
@@ -89,14 +89,15 @@ extension Kernels {
         if isa == .avx512 && (g.strideW == 1 || g.strideW == 2) && g.kernelWidth <= 16 {
             // No staging copy: masked loads straight from the input plane.
             let C = g.inChannels
+            // The clip, if any, is applied in the kernel's store.
             parallelTasks(g.batch * C, threads: threads) { p in
                 let c = p % C
-                _ = shardcal_dw_direct_avx512(input + p * g.inHeight * g.inWidth, output + p * g.outHeight * g.outWidth,
+                let offset = p * g.outHeight * g.outWidth
+                _ = shardcal_dw_direct_avx512(input + p * g.inHeight * g.inWidth, output + offset,
                                               weight + c * g.kernelHeight * g.kernelWidth, bias?[c] ?? 0,
                                               g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
-                                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft)
-                applyFusedClip(fusedClip, from: output, base: p * g.outHeight * g.outWidth, rows: 0, 1,
-                               plane: 0, columns: 0, g.outHeight * g.outWidth)
+                                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft,
+                                              fusedClip.map { $0.output + offset }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
             }
             return
         }

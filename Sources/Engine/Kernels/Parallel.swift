@@ -1,4 +1,4 @@
-import COpenBLAS
+import CConvKernels
 import Dispatch
 
 // Parallel loops for the kernels. Callers only split independent outputs, never a reduction, and

@@ -1,15 +1,7 @@
-/* shardcal: small x86 SIMD kernels the Swift compiler cannot generate (Swift code is built for
- * baseline x86-64, i.e. SSE2). Each function carries its own target attribute and is only called
- * after the Swift side has checked the CPU flags; the plain Swift kernels remain the reference
- * these are tested against. Header-only (static inline) so no extra package target is needed. */
-#ifndef SHARDCAL_KERNELS_H
-#define SHARDCAL_KERNELS_H
+/* Depthwise convolution kernels with AVX-512 / AVX2 intrinsics (see include/conv_kernels.h). */
+#include "conv_kernels.h"
 
-#include <stddef.h>
-
-/* Atomic counter for dynamic task distribution in the Swift kernels (tasks are fixed by the
- * problem shape; only which worker runs a task varies, so results do not). */
-static inline long shardcal_fetch_add(long *counter, long value) {
+long shardcal_fetch_add(long *counter, long value) {
     return __atomic_fetch_add(counter, value, __ATOMIC_RELAXED);
 }
 
@@ -20,7 +12,7 @@ static inline long shardcal_fetch_add(long *counter, long value) {
  * Swift side (see Depthwise.swift). Output tile t = (y, 16-column block xb) reads
  * pad[y * rowStep + xb + offsets[k]] for tap k; acc = bias, then acc = fma(w[k], x, acc) per tap. */
 __attribute__((target("avx512f")))
-static inline void shardcal_dw_plane_avx512(const float *pad, float *dst, const float *w, float bias,
+void shardcal_dw_plane_avx512(const float *pad, float *dst, const float *w, float bias,
                                             const long *offsets, long taps, long oh, long ow,
                                             long vecsPerRow, long rowStep) {
     const long tiles = oh * vecsPerRow;
@@ -79,10 +71,12 @@ static inline unsigned shardcal_span_mask(long s, long W) {
  * accumulation is bias, then taps in (i, j) order, one FMA each, skipping rows in the padding.
  * Four output rows of one 16-column block are computed together. */
 __attribute__((target("avx512f")))
-static inline int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, float bias,
-                                            long H, long W, long oh, long ow, long kh, long kw,
-                                            long sh, long sw, long dh, long dw, long pt, long pl) {
+int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, float bias,
+                              long H, long W, long oh, long ow, long kh, long kw,
+                              long sh, long sw, long dh, long dw, long pt, long pl,
+                              float *clip_out, float lo, float hi) {
     if ((sw != 1 && sw != 2) || kw > 16) return 0;
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
     const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     __mmask16 mlo[16], mhi[16];
     long c0[16];
@@ -167,11 +161,18 @@ static inline int shardcal_dw_direct_avx512(const float *src, float *dst, const 
 #undef SHARDCAL_LD2
                 }
             }
-            float *o = dst + y * ow + xb;
-            _mm512_mask_storeu_ps(o, storeMask, a0);
-            if (rows > 1) _mm512_mask_storeu_ps(o + ow, storeMask, a1);
-            if (rows > 2) _mm512_mask_storeu_ps(o + 2 * ow, storeMask, a2);
-            if (rows > 3) _mm512_mask_storeu_ps(o + 3 * ow, storeMask, a3);
+            /* max/min return their second operand when either is NaN: NaN passes through the
+             * clip, as x < lo ? lo : (x > hi ? hi : x) does. */
+#define SHARDCAL_DW_STORE(off, a) do { \
+                if (clip_out != dst) _mm512_mask_storeu_ps(dst + (off), storeMask, (a)); \
+                if (clip_out) _mm512_mask_storeu_ps(clip_out + (off), storeMask, _mm512_min_ps(vhi, _mm512_max_ps(vlo, (a)))); \
+            } while (0)
+            const long o = y * ow + xb;
+            SHARDCAL_DW_STORE(o, a0);
+            if (rows > 1) SHARDCAL_DW_STORE(o + ow, a1);
+            if (rows > 2) SHARDCAL_DW_STORE(o + 2 * ow, a2);
+            if (rows > 3) SHARDCAL_DW_STORE(o + 3 * ow, a3);
+#undef SHARDCAL_DW_STORE
         }
     }
     return 1;
@@ -179,7 +180,7 @@ static inline int shardcal_dw_direct_avx512(const float *src, float *dst, const 
 
 /* Same with AVX2 + FMA, 8-column tiles. */
 __attribute__((target("avx2,fma")))
-static inline void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float bias,
+void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float bias,
                                           const long *offsets, long taps, long oh, long ow,
                                           long vecsPerRow, long rowStep) {
     const long tiles = oh * vecsPerRow;
@@ -224,4 +225,108 @@ static inline void shardcal_dw_plane_avx2(const float *pad, float *dst, const fl
 }
 #endif /* __x86_64__ */
 
-#endif /* SHARDCAL_KERNELS_H */
+#if defined(__x86_64__)
+/* ---- Pointwise (1×1) convolution, AVX-512 ----
+ * Register tile: MR output channels × NV 16-pixel vectors (MR·NV ≤ 24 accumulators). Per output
+ * element: acc = bias, then acc = fma(w[o][i], x[i][p], acc) for i = 0, 1, …, ic−1; one store
+ * (or two with a fused clip). Nothing depends on how the caller cuts [o0, o1) × [p0, p1). */
+
+#ifndef SHC_PW_CHUNK_BYTES
+#define SHC_PW_CHUNK_BYTES (512 * 1024)
+#endif
+#define SHC_PW_MR 6
+#define SHC_PW_NV 4
+/* Store modes of a tile: y only; clip(y) only (in place); y and clip(y). */
+#define SHC_STORE_Y 0
+#define SHC_STORE_CLIP 1
+#define SHC_STORE_BOTH 2
+
+__attribute__((target("avx512f"), always_inline))
+static inline void shc_pw_tile(const float *x, const float *w, const float *bias, float *y,
+                               long ic, long ldx, long ldy, long o, long p, const int MR, const int NV, __mmask16 last,
+                               const int mode, float *clip_out, float lo, float hi) {
+    __m512 acc[SHC_PW_MR][SHC_PW_NV];
+    for (int r = 0; r < MR; r++) {
+        const __m512 b = _mm512_set1_ps(bias ? bias[o + r] : 0.0f);
+        for (int v = 0; v < NV; v++) acc[r][v] = b;
+    }
+    const float *xp = x + p;
+    const float *wp = w + o * ic;
+    for (long i = 0; i < ic; i++) {
+        __m512 xv[SHC_PW_NV];
+        for (int v = 0; v < NV; v++)
+            xv[v] = (v == NV - 1) ? _mm512_maskz_loadu_ps(last, xp + v * 16) : _mm512_loadu_ps(xp + v * 16);
+        for (int r = 0; r < MR; r++) {
+            const __m512 wv = _mm512_set1_ps(wp[r * ic + i]);
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);
+        }
+        xp += ldx;
+    }
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    for (int r = 0; r < MR; r++) {
+        for (int v = 0; v < NV; v++) {
+            const __mmask16 m = (v == NV - 1) ? last : (__mmask16)0xFFFF;
+            const long off = (o + r) * ldy + p + v * 16;
+            if (mode != SHC_STORE_CLIP) _mm512_mask_storeu_ps(y + off, m, acc[r][v]);
+            if (mode != SHC_STORE_Y)
+                /* max/min return their second operand when either is NaN: NaN passes through,
+                 * as x < lo ? lo : (x > hi ? hi : x) does. */
+                _mm512_mask_storeu_ps(clip_out + off, m, _mm512_min_ps(vhi, _mm512_max_ps(vlo, acc[r][v])));
+        }
+    }
+}
+
+/* Rows [o, o + MR) × pixels [p0, p1), MR ≤ SHC_PW_MR: full 64-pixel tiles, then a masked last one. */
+__attribute__((target("avx512f"), always_inline))
+static inline void shc_pw_rows(const float *x, const float *w, const float *bias, float *y,
+                               long ic, long ldx, long ldy, long o, const int MR, long p0, long p1,
+                               const int mode, float *clip_out, float lo, float hi) {
+    long p = p0;
+    for (; p + 16 * SHC_PW_NV <= p1; p += 16 * SHC_PW_NV)
+        shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, SHC_PW_NV, 0xFFFF, mode, clip_out, lo, hi);
+    const long rest = p1 - p;
+    if (rest <= 0) return;
+    const long nv = (rest + 15) / 16;
+    const long lastLanes = rest - (nv - 1) * 16;
+    const __mmask16 last = (__mmask16)(lastLanes >= 16 ? 0xFFFFu : ((1u << lastLanes) - 1u));
+    switch (nv) {
+    case 1: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 1, last, mode, clip_out, lo, hi); break;
+    case 2: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 2, last, mode, clip_out, lo, hi); break;
+    case 3: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 3, last, mode, clip_out, lo, hi); break;
+    default: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 4, last, mode, clip_out, lo, hi); break;
+    }
+}
+
+__attribute__((target("avx512f"), always_inline))
+static inline void shc_pw_block(const float *x, const float *w, const float *bias, float *y,
+                                long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
+                                const int mode, float *clip_out, float lo, float hi) {
+    long o = o0;
+    for (; o + SHC_PW_MR <= o1; o += SHC_PW_MR)
+        shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, SHC_PW_MR, p0, p1, mode, clip_out, lo, hi);
+    switch (o1 - o) {
+    case 5: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 5, p0, p1, mode, clip_out, lo, hi); break;
+    case 4: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 4, p0, p1, mode, clip_out, lo, hi); break;
+    case 3: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 3, p0, p1, mode, clip_out, lo, hi); break;
+    case 2: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 2, p0, p1, mode, clip_out, lo, hi); break;
+    case 1: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 1, p0, p1, mode, clip_out, lo, hi); break;
+    default: break;
+    }
+}
+
+/* Pixel chunks whose input columns (ic × chunk floats) stay in L2 while every row tile of
+ * [o0, o1) sweeps them; row tiles outer, so each output row is written as one stream. */
+__attribute__((target("avx512f")))
+void shardcal_pointwise_avx512(const float *x, const float *w, const float *bias, float *y,
+                               long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
+                               float *clip_out, float lo, float hi) {
+    long chunk = (SHC_PW_CHUNK_BYTES / 4 / (ic > 0 ? ic : 1)) / 64 * 64;
+    if (chunk < 64) chunk = 64;
+    for (long c0 = p0; c0 < p1; c0 += chunk) {
+        const long c1 = c0 + chunk < p1 ? c0 + chunk : p1;
+        if (!clip_out) shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, SHC_STORE_Y, clip_out, lo, hi);
+        else if (clip_out == y) shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, SHC_STORE_CLIP, clip_out, lo, hi);
+        else shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, SHC_STORE_BOTH, clip_out, lo, hi);
+    }
+}
+#endif /* __x86_64__ */
