@@ -35,6 +35,9 @@ struct BenchEngineCommand: ParsableCommand {
     @Option(help: "Write the first graph output of the last run to this .npy file.")
     var outputNpy: String?
 
+    @Flag(help: "Tap every activation as calibration does (the observer only counts values, so this measures the engine's side of the taps: no Conv+Clip fusion where a tap needs the Conv output); the default runs without taps.")
+    var tapAll = false
+
     func run() throws {
         Kernels.setUp()
         let session = try InferenceSession(modelPath: model, options: SessionOptions(threads: threads))
@@ -55,14 +58,18 @@ struct BenchEngineCommand: ParsableCommand {
         }
         let feeds = [info.name: x]
         let images = x.shape.first ?? 1
-        for _ in 0..<max(0, warmup) { _ = try session.run(feeds) }
+        // With --tap-all, every tensor is tapped; the observer does not read the values (the
+        // histograms' cost is measured by bench-core), so this is the engine's cost of the taps.
+        nonisolated(unsafe) var tappedValues = 0
+        let tap: ActivationTap? = tapAll ? ActivationTap { a in tappedValues += a.values.count } : nil
+        for _ in 0..<max(0, warmup) { _ = try session.run(feeds, tap: tap) }
         var times: [Double] = []
         var last: [String: Tensor] = [:]
         let clock = ContinuousClock()
         var total = 0.0
         while times.count < max(1, runs) || total < minSeconds {
             let start = clock.now
-            last = try session.run(feeds)
+            last = try session.run(feeds, tap: tap)
             let d = clock.now - start
             let s = Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
             times.append(s)
@@ -92,6 +99,8 @@ struct BenchEngineCommand: ParsableCommand {
             "blas_core": Kernels.blasCoreName,
             "blas_core_upgrade": Kernels.blasCoreUpgrade ?? "",
             "vector_isa": Kernels.VectorISA.best.rawValue,
+            "taps": tapAll ? "all" : "none",
+            "tapped_values_per_run": tapAll ? tappedValues / max(1, times.count + max(0, warmup)) : 0,
         ]
         let json = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
         print(String(decoding: json, as: UTF8.self))

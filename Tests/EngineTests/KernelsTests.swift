@@ -273,8 +273,8 @@ struct KernelsGemmTests {
         }
     }
 
-    /// Products large enough to be cut into blocks (by columns, by rows), all transposes.
-    @Test(arguments: [(64, 1000, 200), (300, 100, 300)])
+    /// Products large enough to be cut into blocks (by columns, by rows), all transposes; single rows (sgemv).
+    @Test(arguments: [(64, 1000, 200), (300, 100, 300), (1, 1000, 1280), (1, 300, 37)])
     func blockedProductsMatchReferenceForAnyThreadCount(shape: (Int, Int, Int)) {
         let (m, n, k) = shape
         var rng = KernelTestRNG(seed: UInt64(m * n + k))

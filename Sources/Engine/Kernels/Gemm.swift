@@ -138,6 +138,26 @@ extension Kernels {
                          a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                          beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, threads: Int) {
         prepareBLAS()
+        if m == 1 && k > 0 && alpha != 0 {
+            // A single row (a batch-1 fully connected layer): sgemv reads B once. sgemm would first
+            // pack all of B (5 MB for EfficientNet's classifier) on every call. Column blocks of
+            // 256, fixed by the shape, let two threads share it.
+            let block = 256, blocks = (n + block - 1) / block
+            let incA = transA ? lda : 1
+            parallelTasks(blocks, threads: threads) { t in
+                let lo = t * block, w = min(block, n - lo)
+                if transB {
+                    // C[lo..<lo+w] = alpha · B[lo..<lo+w, :] · a + beta · C
+                    cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(w), blasint(k), alpha, b + lo * ldb, blasint(ldb),
+                                a, blasint(incA), beta, c + lo, 1)
+                } else {
+                    // C[lo..<lo+w] = alpha · B[:, lo..<lo+w]ᵀ · a + beta · C
+                    cblas_sgemv(CblasRowMajor, CblasTrans, blasint(k), blasint(w), alpha, b + lo, blasint(ldb),
+                                a, blasint(incA), beta, c + lo, 1)
+                }
+            }
+            return
+        }
         let split = GemmSplit(m: m, n: n, k: k)
         parallelTasks(split.count, threads: threads) { t in
             let lo = t * split.block
