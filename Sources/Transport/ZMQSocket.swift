@@ -163,6 +163,40 @@ public final class ZMQSocket {
         return true
     }
 
+    /// Sends `frames` followed by one last frame that libzmq reads in place instead of copying.
+    /// `borrowed` must stay valid and unchanged until libzmq has sent it, i.e. for as long as the
+    /// socket's context lives (for a buffer that outlives the context, e.g. a benchmark payload).
+    @discardableResult
+    public func send(_ frames: [[UInt8]], borrowing borrowed: UnsafeRawBufferPointer, dontWait: Bool = false) throws -> Bool {
+        precondition(borrowed.count > 0, "a borrowed frame must not be empty")
+        if !frames.isEmpty {
+            for (i, frame) in frames.enumerated() {
+                let flags: Int32 = (dontWait ? ZMQ_DONTWAIT : 0) | ZMQ_SNDMORE
+                let rc = frame.withUnsafeBytes { buf -> Int32 in
+                    var dummy: UInt8 = 0
+                    if buf.count == 0 { return zmq_send(raw, &dummy, 0, flags) }
+                    return zmq_send(raw, buf.baseAddress, buf.count, flags)
+                }
+                if rc < 0 {
+                    let e = zmq_errno()
+                    if e == EAGAIN && i == 0 { return false }
+                    throw ZMQError(operation: "zmq_send", errno: e)
+                }
+            }
+        }
+        var msg = zmq_msg_t()
+        // No free function: the caller owns the buffer.
+        zmq_msg_init_data(&msg, UnsafeMutableRawPointer(mutating: borrowed.baseAddress!), borrowed.count, nil, nil)
+        let rc = zmq_msg_send(&msg, raw, dontWait && frames.isEmpty ? ZMQ_DONTWAIT : 0)
+        if rc < 0 {
+            let e = zmq_errno()
+            zmq_msg_close(&msg)
+            if e == EAGAIN && frames.isEmpty { return false }
+            throw ZMQError(operation: "zmq_msg_send", errno: e)
+        }
+        return true
+    }
+
     /// Receives one whole multipart message, like `receive`, but frames of at least `largeFrameBytes`
     /// are not copied: they come back in `large` (by frame index) as `Data` that holds libzmq's own
     /// buffer until released, and their slot in `frames` is left empty. A coordinator receives

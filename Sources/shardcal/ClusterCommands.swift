@@ -580,6 +580,11 @@ final class StopFlag: @unchecked Sendable {
 
 // MARK: - synthetic coordinator load test
 
+/// A read-only buffer shared by the fake workers' threads (never written after set-up).
+struct BorrowedBytes: @unchecked Sendable {
+    let buffer: UnsafeRawBufferPointer
+}
+
 /// User + system CPU seconds of this process so far (all threads).
 func processCPUSeconds() -> Double {
     var usage = rusage()
@@ -618,6 +623,9 @@ struct BenchCoordinatorCommand: ParsableCommand {
     @Option(name: .long, help: "Transport: tcp or ipc.")
     var transport: String = "tcp"
 
+    @Option(name: .long, help: "Checkpoint the merged state every this many results (0: never, the default).")
+    var checkpointEvery: Int = 0
+
     func run() throws {
         var logger = global.makeLogger("shardcal.bench-coordinator")
         if global.logLevel == .info { logger.logLevel = .warning }
@@ -635,6 +643,12 @@ struct BenchCoordinatorCommand: ParsableCommand {
             named.append(NamedHistogram(name: "tensor_\(t)", histogram: h))
         }
         let payload = WireCodec.encodeTensors(named)
+        // The fake workers send this one buffer for every shard without copying it (it outlives
+        // every socket): a worker process pays that copy on its own machine, not the coordinator's.
+        // Never freed: it must outlive every fake worker's context, and the process ends with the bench.
+        let shared = UnsafeMutableRawBufferPointer.allocate(byteCount: payload.count, alignment: 64)
+        payload.withUnsafeBytes { shared.copyMemory(from: $0) }
+        let sharedPayload = BorrowedBytes(buffer: UnsafeRawBufferPointer(shared))
         let tensorCount = named.count
         let endpoint = transport == "ipc" ? "ipc://\(NSTemporaryDirectory())shardcal-bench-\(getpid())" : "tcp://127.0.0.1:*"
         var cfg = CoordinatorConfig(endpoint: endpoint, jobID: "bench", toolVersion: ToolInfo.version, modelDigest: "bench-model",
@@ -642,6 +656,10 @@ struct BenchCoordinatorCommand: ParsableCommand {
                                     shards: (0..<shards).map { ShardSpec(id: $0, indices: $0 ..< $0 + 1) })
         cfg.livenessTimeout = 60
         cfg.heartbeatInterval = 1
+        if checkpointEvery > 0 {
+            cfg.checkpointPath = NSTemporaryDirectory() + "shardcal-bench-\(getpid()).state"
+            cfg.checkpointEveryResults = checkpointEvery
+        }
         let context = try ZMQContext()
         defer { context.terminate() }
         let coordinator = Coordinator(config: cfg, context: context, logger: logger)
@@ -675,7 +693,7 @@ struct BenchCoordinatorCommand: ParsableCommand {
                         _ = try? s.send(WireCodec.encode(.ready(Ready(credits: creditCount, modelDigest: "bench-model"))))
                     case .lease(let lease)?:
                         let header = #"{"compute_seconds":0,"sample_count":1,"shard":\#(lease.shard),"tensor_count":\#(tensorCount)}"#
-                        _ = try? s.send([WireCodec.tag, Array("RESULT".utf8), Array(header.utf8), payload])
+                        _ = try? s.send([WireCodec.tag, Array("RESULT".utf8), Array(header.utf8)], borrowing: sharedPayload.buffer)
                     case .done?: return
                     default: break
                     }
@@ -690,9 +708,11 @@ struct BenchCoordinatorCommand: ParsableCommand {
         // end: divided by the results, a figure that depends less on other load than results/s.
         let cpu = processCPUSeconds() - cpuBefore
         for _ in 0..<workers { _ = finished.wait(timeout: .now() + 40) }
+        if let path = cfg.checkpointPath { try? FileManager.default.removeItem(atPath: path) }
         let rate = Double(result.stats.resultsMerged) / result.elapsedSeconds
         print("bench-coordinator: \(result.stats.resultsMerged) results × \(tensors) tensors × \(bins) bins " +
-              "(\(payload.count / 1024) KiB payload each) from \(workers) fake workers over \(transport)")
+              "(\(payload.count / 1024) KiB payload each) from \(workers) fake workers over \(transport)" +
+              (checkpointEvery > 0 ? ", checkpoint every \(checkpointEvery) results (\(result.stats.checkpoints) written)" : ""))
         print(String(format: "  coordinator elapsed %.3f s (wall %.3f s incl. start-up), %.0f results merged per second, %.2f GB/s of histogram payload",
                      result.elapsedSeconds, wall, rate, rate * Double(payload.count) / 1e9))
         print(String(format: "  process CPU %.2f s (%.2f ms per result, fake workers and end-of-run threshold search included) over %.2f s wall: %.0f%% of one core",
