@@ -141,15 +141,12 @@ public enum DataError: Error, Sendable, Hashable, CustomStringConvertible {
 /// Fixed shards of a dataset: shard `k` is indices `k*shardSize ..< min((k+1)*shardSize, sampleCount)`.
 /// Computed from two integers only, so every machine derives the same plan.
 public struct ShardPlan: Sendable, Hashable, Codable {
-    public let sampleCount: Int
     public let shardSize: Int
     /// Sample counts of the plan's segments, in index order. A first run has one segment; each
     /// resume with a larger dataset appends one for the new samples, so the shards an earlier
     /// state merged keep their ids and index ranges (even a short last shard), and new shards
     /// only cover new samples.
     public let segments: [Int]
-    /// First shard id and first sample of each segment.
-    private let segmentStarts: [(shard: Int, sample: Int)]
 
     public init(sampleCount: Int, shardSize: Int) throws {
         try self.init(segments: sampleCount == 0 ? [] : [sampleCount], shardSize: shardSize)
@@ -163,15 +160,23 @@ public struct ShardPlan: Sendable, Hashable, Codable {
         guard shardSize > 0 else { throw DataError.unsupported("shard size must be positive, got \(shardSize)") }
         self.segments = segments
         self.shardSize = shardSize
-        var starts: [(Int, Int)] = []
+    }
+
+    public var sampleCount: Int { segments.reduce(0, +) }
+
+    /// Shards of a segment of `count` samples (the last may be shorter).
+    private func shards(in count: Int) -> Int { (count + shardSize - 1) / shardSize }
+
+    /// First shard id and first sample of each segment (derived: segments are few).
+    private var segmentStarts: [(shard: Int, sample: Int)] {
+        var starts: [(shard: Int, sample: Int)] = []
         var shard = 0, sample = 0
         for count in segments {
             starts.append((shard, sample))
-            shard += (count + shardSize - 1) / shardSize
+            shard += shards(in: count)
             sample += count
         }
-        segmentStarts = starts
-        sampleCount = sample
+        return starts
     }
 
     /// This plan with a segment for samples `sampleCount ..< newCount` appended (itself when equal).
@@ -183,27 +188,35 @@ public struct ShardPlan: Sendable, Hashable, Codable {
     }
 
     /// Number of shards (the last of each segment may be shorter).
-    public var shardCount: Int {
-        guard let last = segmentStarts.last, let count = segments.last else { return 0 }
-        return last.shard + (count + shardSize - 1) / shardSize
-    }
+    public var shardCount: Int { segments.reduce(0) { $0 + shards(in: $1) } }
 
     /// The index range of shard `shard` (`0 ..< shardCount`).
     public func range(ofShard shard: Int) -> Range<Int> {
         precondition(shard >= 0 && shard < shardCount, "shard \(shard) out of range 0..<\(shardCount)")
-        let s = segmentStarts.lastIndex { $0.shard <= shard }!
-        let start = segmentStarts[s].sample + (shard - segmentStarts[s].shard) * shardSize
-        return start ..< min(start + shardSize, segmentStarts[s].sample + segments[s])
+        let starts = segmentStarts
+        let s = starts.lastIndex { $0.shard <= shard }!
+        let start = starts[s].sample + (shard - starts[s].shard) * shardSize
+        return start ..< min(start + shardSize, starts[s].sample + segments[s])
     }
 
     /// All shard ranges in order.
-    public var ranges: [Range<Int>] { (0 ..< shardCount).map(range(ofShard:)) }
+    public var ranges: [Range<Int>] {
+        var out: [Range<Int>] = []
+        out.reserveCapacity(shardCount)
+        var start = 0
+        for count in segments {
+            let end = start + count
+            for lo in stride(from: start, to: end, by: shardSize) { out.append(lo ..< min(lo + shardSize, end)) }
+            start = end
+        }
+        return out
+    }
 
     /// The shard holding sample `index`.
     public func shard(containing index: Int) -> Int {
         precondition(index >= 0 && index < sampleCount, "index \(index) out of range 0..<\(sampleCount)")
-        let s = segmentStarts.lastIndex { $0.sample <= index }!
-        return segmentStarts[s].shard + (index - segmentStarts[s].sample) / shardSize
+        let s = segmentStarts.last { $0.sample <= index }!
+        return s.shard + (index - s.sample) / shardSize
     }
 
     /// The segments as text for a state file's info (`"1000,500"`), and back.
@@ -217,19 +230,10 @@ public struct ShardPlan: Sendable, Hashable, Codable {
     }
 
     enum CodingKeys: String, CodingKey { case segments, shardSize = "shard_size" }
+    /// Decoding validates like ``init(segments:shardSize:)``.
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         try self.init(segments: try c.decode([Int].self, forKey: .segments), shardSize: try c.decode(Int.self, forKey: .shardSize))
-    }
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(segments, forKey: .segments)
-        try c.encode(shardSize, forKey: .shardSize)
-    }
-    public static func == (a: ShardPlan, b: ShardPlan) -> Bool { a.segments == b.segments && a.shardSize == b.shardSize }
-    public func hash(into h: inout Hasher) {
-        h.combine(segments)
-        h.combine(shardSize)
     }
 }
 

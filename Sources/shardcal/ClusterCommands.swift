@@ -146,6 +146,17 @@ struct CoordinatorOptions: ParsableArguments {
         return .run(c)
     }
 
+    /// ``prepare(job:endpoint:logger:)``, or nil after saying that an earlier cache stands as it is.
+    func prepareUnlessReused(job: JobConfig, endpoint: String, logger: Logger) throws -> CoordinatorConfig? {
+        switch try prepare(job: job, endpoint: endpoint, logger: logger) {
+        case .run(let c):
+            return c
+        case let .reusedCache(cache, table):
+            print("reused \(cache) and \(table) (same model and config digests); nothing calibrated")
+            return nil
+        }
+    }
+
     enum ReuseFound {
         case state(CalibrationState, plan: ShardPlan)
         case cache(String, String)
@@ -319,13 +330,7 @@ struct CoordinatorCommand: ParsableCommand {
     func run() throws {
         let logger = global.makeLogger("shardcal.coordinator")
         let job = try options.loadJob()
-        let cfg: CoordinatorConfig
-        switch try options.prepare(job: job, endpoint: bind ?? job.cluster.bind, logger: logger) {
-        case .run(let c): cfg = c
-        case let .reusedCache(cache, table):
-            print("reused \(cache) and \(table) (same model and config digests); nothing calibrated")
-            return
-        }
+        guard let cfg = try options.prepareUnlessReused(job: job, endpoint: bind ?? job.cluster.bind, logger: logger) else { return }
         let context = try ZMQContext()
         defer { context.terminate() }
         let result = try runCoordinator(cfg, context: context, logger: logger, progress: ProgressPrinter()) { _, _ in }
@@ -428,13 +433,7 @@ struct RunCommand: ParsableCommand {
         let socketDir = NSTemporaryDirectory() + "shardcal-\(getpid())"
         try FileManager.default.createDirectory(atPath: socketDir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: socketDir) }
-        let cfg: CoordinatorConfig
-        switch try options.prepare(job: job, endpoint: "ipc://\(socketDir)/coordinator", logger: logger) {
-        case .run(let c): cfg = c
-        case let .reusedCache(cache, table):
-            print("reused \(cache) and \(table) (same model and config digests); nothing calibrated")
-            return
-        }
+        guard let cfg = try options.prepareUnlessReused(job: job, endpoint: "ipc://\(socketDir)/coordinator", logger: logger) else { return }
         if let merged = cfg.resume?.shards, Set(cfg.shards.map(\.id)).isSubset(of: merged) { count = 0 }
         let context = try ZMQContext()
         defer { context.terminate() }

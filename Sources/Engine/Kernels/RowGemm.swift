@@ -72,21 +72,22 @@ extension Kernels {
     @inline(__always)
     static func rowTimesMatrix(_ x: UnsafePointer<Float>, _ b: UnsafePointer<Float>, ldb: Int, k: Int, columns: Range<Int>,
                                alpha: Float, beta: Float, y: UnsafeMutablePointer<Float>) {
-        var acc = [Float](repeating: 0, count: columns.count)
-        acc.withUnsafeMutableBufferPointer { acc in
+        // On the stack: this runs per output row and column chunk.
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: columns.count) { acc in
+            acc.initialize(repeating: 0)
             let width = columns.count
             let vectors = width / 16
             let out = UnsafeMutableRawPointer(acc.baseAddress!)
             for p in 0..<k {
                 let xp = x[p]
                 let sp = SIMD16<Float>(repeating: xp)
-                let rowB = UnsafeRawPointer(b + p * ldb + columns.lowerBound)
+                let rb = b + p * ldb + columns.lowerBound
+                let rowB = UnsafeRawPointer(rb)
                 for v in 0..<vectors {
                     let cur = out.loadUnaligned(fromByteOffset: v * 64, as: SIMD16<Float>.self)
                     out.storeBytes(of: cur + sp * rowB.loadUnaligned(fromByteOffset: v * 64, as: SIMD16<Float>.self),
                                    toByteOffset: v * 64, as: SIMD16<Float>.self)
                 }
-                let rb = b + p * ldb + columns.lowerBound
                 for j in (vectors * 16)..<width { acc[j] += xp * rb[j] }
             }
             for (o, j) in columns.enumerated() { y[j] = finish(acc[o], alpha: alpha, beta: beta, old: y[j]) }
