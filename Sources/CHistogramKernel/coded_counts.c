@@ -57,15 +57,23 @@ void shc_add_coded_counts(uint64_t *dst, const uint8_t *src, size_t n, int width
  * over the received counts instead of a validation pass (sum) and then a merge pass (add). With
  * 1/2/4-byte counts the sum cannot wrap for n < 2^32 (n <= 4096 in practice); it is summed in lanes
  * and the loop vectorises. 8-byte counts check the sum's carry element by element. */
+/* shift 0: a count below 2^32 can only carry out of a dst element that was >= 2^64 - 2^32, so the
+ * loop ORs the old dst values (one vector OR, where an exact per-element carry costs a compare, a
+ * mask expansion and an OR) and only if any of them had its top bit set checks each element
+ * afterwards: it wrapped iff the new value is below the count added. */
 #define ADD_CHECKED_LOOP(LOAD)                                             \
     do {                                                                   \
         if (shift == 0) {                                                  \
+            uint64_t seen = 0;                                             \
             for (size_t j = 0; j < n; j++) {                               \
                 uint64_t v = LOAD(src, j);                                 \
-                uint64_t d = dst[j] + v;                                   \
-                carry |= d < v;                                            \
-                dst[j] = d;                                                \
+                uint64_t old = dst[j];                                     \
+                seen |= old;                                               \
+                dst[j] = old + v;                                          \
                 s += v;                                                    \
+            }                                                              \
+            if (seen >> 63) {                                              \
+                for (size_t j = 0; j < n; j++) carry |= dst[j] < LOAD(src, j); \
             }                                                              \
         } else {                                                           \
             for (size_t j = 0; j < n; j++) {                               \

@@ -1,3 +1,4 @@
+import CHistogramKernel
 import Foundation
 import Testing
 @testable import Calibration
@@ -212,6 +213,57 @@ private func histogram(_ values: [Float]) -> Histogram {
         #expect(fresh.tensorNames.isEmpty && fresh.shards.isEmpty && fresh.histograms.isEmpty)
         // Shards refused are not in the state; a shard already in still throws, changing nothing.
         #expect(throws: StateError.shardAlreadyMerged([0])) { try state.mergeChecking(encodedShards: [(0, e1)]) }
+    }
+
+    /// The fused kernel against a plain reference: the sum, the added values, and a carry out of
+    /// any element (near 2^64, every width, shifted or not) are all reported; a subtraction undoes it.
+    @Test func checkedAddKernelDetectsEveryOverflow() {
+        var rng = SeededGenerator(seed: 77)
+        for width in [1, 2, 4, 8] {
+            for shift: UInt32 in [0, 0, 1, 5, 63] {
+                for trial in 0..<40 {
+                    let n = Int.random(in: 1...300, using: &rng)
+                    let maxCount: UInt64 = width == 8 ? .max : (1 << UInt64(8 * width)) - 1
+                    let src: [UInt64] = (0..<n).map { _ in
+                        trial % 4 == 0 ? maxCount - UInt64.random(in: 0...3, using: &rng) : UInt64.random(in: 0...maxCount, using: &rng)
+                    }
+                    let bins = shift >= 63 ? 1 : ((n - 1) >> Int(shift)) + 1
+                    let dst0: [UInt64] = (0..<bins).map { _ in
+                        switch trial % 3 {
+                        case 0: return UInt64.random(in: 0...(1 << 40), using: &rng)
+                        case 1: return UInt64.max - UInt64.random(in: 0...(maxCount == .max ? 1 << 40 : maxCount * 2), using: &rng)
+                        default: return UInt64.random(in: (1 << 63)...(.max - (1 << 33)), using: &rng)
+                        }
+                    }
+                    var bytes: [UInt8] = []
+                    for v in src { for b in 0..<width { bytes.append(UInt8(truncatingIfNeeded: v >> UInt64(8 * b))) } }
+                    // Reference: exact arithmetic with carries.
+                    var expected = dst0
+                    var carry = false
+                    var sum: UInt64 = 0
+                    for (j, v) in src.enumerated() {
+                        let i = shift >= 63 ? 0 : j >> Int(shift)
+                        let (d, o) = expected[i].addingReportingOverflow(v)
+                        expected[i] = d
+                        let (s2, o2) = sum.addingReportingOverflow(v)
+                        sum = s2
+                        carry = carry || o || o2
+                    }
+                    var dst = dst0
+                    var overflow: Int32 = 0
+                    let total = dst.withUnsafeMutableBufferPointer { d in
+                        bytes.withUnsafeBytes { shc_add_coded_counts_checked(d.baseAddress!, $0.baseAddress!, n, Int32(width), shift, &overflow) }
+                    }
+                    #expect(dst == expected, "width \(width) shift \(shift) trial \(trial)")
+                    #expect((overflow != 0) == carry, "width \(width) shift \(shift) trial \(trial)")
+                    if !carry { #expect(total == sum) }
+                    dst.withUnsafeMutableBufferPointer { d in
+                        bytes.withUnsafeBytes { shc_sub_coded_counts(d.baseAddress!, $0.baseAddress!, n, Int32(width), shift) }
+                    }
+                    #expect(dst == dst0)
+                }
+            }
+        }
     }
 
     /// Oracle for the validator: names through ByteReader, histograms through Histogram(decoding:).
