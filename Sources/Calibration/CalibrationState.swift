@@ -180,6 +180,10 @@ public struct CalibrationState: Sendable, Equatable {
         return refused
     }
 
+    private static func sameNames(_ entries: [EncodedHistograms.Entry], _ names: [String]) -> Bool {
+        entries.count == names.count && zip(entries, names).allSatisfy { $0.name == $1 }
+    }
+
     private enum Undo {
         /// The tensor was not in the state.
         case remove(String)
@@ -193,28 +197,32 @@ public struct CalibrationState: Sendable, Equatable {
     private mutating func mergeOrRollBack(_ batch: [(shard: Int, histograms: EncodedHistograms)],
                                           skipping: [Int: String]) -> (Int, String)? {
         let active = batch.indices.filter { skipping[$0] == nil }
-        guard let first = active.first.map({ batch[$0].histograms }) else { return nil }
+        if active.isEmpty { return nil }
         // Tensor order as sequential merges would give: first-seen order across the shards.
         var order: [String] = []
-        var known = Set(tensorNames)
-        for r in active { for e in batch[r].histograms.entries where known.insert(e.name).inserted { order.append(e.name) } }
-        let firstNames = first.names
-        let firstIndex = Dictionary(firstNames.enumerated().map { ($0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
-        // Where each tensor sits in each shard (nil: in the same place as in the first shard, the usual case).
+        if tensorNames.isEmpty || !active.allSatisfy({ Self.sameNames(batch[$0].histograms.entries, tensorNames) }) {
+            var known = Set(tensorNames)
+            for r in active { for e in batch[r].histograms.entries where known.insert(e.name).inserted { order.append(e.name) } }
+        }
+        let all = tensorNames + order
+        // Where each tensor sits in each shard: nil when at its position in `all` (the usual case:
+        // every result lists the tensors in graph order), else by name.
         let lookups: [[String: Int]?] = batch.indices.map { r in
-            skipping[r] != nil || batch[r].histograms.names == firstNames ? nil
+            skipping[r] != nil || Self.sameNames(batch[r].histograms.entries, all) ? nil
                 : Dictionary(batch[r].histograms.names.enumerated().map { ($0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
         }
         var undo: [Undo] = []
-        undo.reserveCapacity(tensorNames.count + order.count)
+        undo.reserveCapacity(all.count)
         var failure: (Int, String)? = nil
         var items: [(Int, Int)] = []
-        tensors: for name in tensorNames + order {
+        tensors: for (position, name) in all.enumerated() {
             items.removeAll(keepingCapacity: true)
             for r in active {
-                let index: Int?
-                if let lookup = lookups[r] { index = lookup[name] } else { index = firstIndex[name] }
-                if let i = index { items.append((r, i)) }
+                if let lookup = lookups[r] {
+                    if let i = lookup[name] { items.append((r, i)) }
+                } else {
+                    items.append((r, position))
+                }
             }
             if items.isEmpty { continue }
             let before = histograms.removeValue(forKey: name)

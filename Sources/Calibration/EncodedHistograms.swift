@@ -130,9 +130,11 @@ public struct EncodedHistograms: Sendable {
 
     // MARK: parsing
 
-    private static func need(_ buf: UnsafeRawBufferPointer, _ offset: Int, _ n: Int, _ what: String) throws(DecodingError) {
+    /// `what` is only built when the bytes are missing: this runs several times per tensor, and
+    /// formatting the descriptions up front was a visible share of decoding a RESULT.
+    private static func need(_ buf: UnsafeRawBufferPointer, _ offset: Int, _ n: Int, _ what: @autoclosure () -> String) throws(DecodingError) {
         if n < 0 || n > buf.count - offset {
-            throw .truncated(reading: what, offset: offset, needed: n, available: buf.count - offset)
+            throw .truncated(reading: what(), offset: offset, needed: n, available: buf.count - offset)
         }
     }
 
@@ -157,7 +159,7 @@ public struct EncodedHistograms: Sendable {
 
     private static func readHistogram(_ buf: UnsafeRawBufferPointer, _ offset: inout Int, name: String,
                                       sumCounts: Bool) throws(DecodingError) -> Entry {
-        let what = "histogram of tensor \(name)"
+        var what: String { "histogram of tensor \(name)" }
         try need(buf, offset, 44, what)
         let version = load(buf, &offset, UInt8.self)
         if version != Histogram.codingVersion {
