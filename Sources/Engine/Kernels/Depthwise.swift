@@ -81,11 +81,18 @@ extension Kernels {
     public static func depthwiseConv2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                        output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry,
                                        scratch: KernelScratch, threads: Int, isa: VectorISA = .best,
-                                       fusedClip: FusedClip? = nil) {
+                                       fusedClip: FusedClip? = nil, avx512Kernel: DepthwiseAVX512Kernel = .auto) {
         precondition(g.group == g.inChannels && g.outChannels == g.inChannels, "depthwiseConv2d: not a depthwise geometry")
         precondition(isa.isSupported, "depthwiseConv2d: \(isa) not supported by this CPU")
         if g.batch <= 0 || g.inChannels == 0 || g.outHeight <= 0 || g.outWidth <= 0 { return }
         #if arch(x86_64)
+        if isa == .avx512 && g.strideW == 1 && g.strideH == 1 && g.outWidth == g.inWidth && g.kernelWidth <= 16
+            && avx512Kernel != .direct
+            && (avx512Kernel == .flat || shardcal_dw_flat_preferred(g.inHeight, g.inWidth, g.kernelHeight, g.kernelWidth) != 0) {
+            depthwiseFlatAVX512(input: input, weight: weight, bias: bias, output: output, geometry: g, threads: threads,
+                                fusedClip: fusedClip)
+            return
+        }
         if isa == .avx512 && (g.strideW == 1 || g.strideW == 2) && g.kernelWidth <= 16 {
             // No staging copy: masked loads straight from the input plane.
             let C = g.inChannels
@@ -142,6 +149,38 @@ extension Kernels {
             }
         }
     }
+
+    /// Which AVX-512 depthwise kernel runs (tests force one; `.auto` chooses from the shape alone).
+    public enum DepthwiseAVX512Kernel: Sendable { case auto, direct, flat }
+
+    #if arch(x86_64)
+    /// Stride 1 with outW == inW: `shardcal_dw_flat_avx512` on blocks of 16 channels of one image
+    /// (each plane's result does not depend on the block it is computed in).
+    static func depthwiseFlatAVX512(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                    output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry, threads: Int,
+                                    fusedClip: FusedClip?) {
+        let C = g.inChannels, block = 16
+        let blocks = (C + block - 1) / block
+        let inPlane = g.inHeight * g.inWidth, outPlane = g.outHeight * g.outWidth, taps = g.kernelHeight * g.kernelWidth
+        parallelTasks(g.batch * blocks, threads: threads) { t in
+            let n = t / blocks, c0 = (t % blocks) * block, count = min(block, C - c0)
+            let p0 = n * C + c0
+            let done = shardcal_dw_flat_avx512(input + p0 * inPlane, output + p0 * outPlane, weight + c0 * taps, bias.map { $0 + c0 },
+                                               count, g.inHeight, g.inWidth, g.outHeight, g.kernelHeight, g.kernelWidth,
+                                               g.dilationH, g.dilationW, g.padTop, g.padLeft,
+                                               fusedClip.map { $0.output + p0 * outPlane }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
+            if done != 0 { return }
+            // Shape beyond the flat kernel's 32-bit lanes: the direct kernel, plane by plane.
+            for q in 0..<count {
+                let p = p0 + q, c = c0 + q
+                _ = shardcal_dw_direct_avx512(input + p * inPlane, output + p * outPlane, weight + c * taps, bias?[c] ?? 0,
+                                              g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
+                                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft,
+                                              fusedClip.map { $0.output + p * outPlane }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
+            }
+        }
+    }
+    #endif
 
     /// Copies one input plane into the zero-padded, phase-split scratch layout.
     @inline(__always)
