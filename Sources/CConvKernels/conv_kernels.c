@@ -197,27 +197,35 @@ int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, floa
 #define SHC_DW_STORE_BOTH 2
 #define SHC_DW_FLAT_MAX_TAPS 1024
 
-/* masks[t * 8 + g]: load mask of vector v0 + g for tap t. */
+/* Per-tap geometry of the flat kernel: tap t reads row y + ri[t] (valid below rows[t]) and column
+ * x + cj[t] (valid below cols[t]) of a plane whose rows are `ow` floats apart, at offset off[t]
+ * from the output pixel's index. */
+struct shc_dw_taps {
+    long ri[SHC_DW_FLAT_MAX_TAPS], rows[SHC_DW_FLAT_MAX_TAPS];
+    long cj[SHC_DW_FLAT_MAX_TAPS], cols[SHC_DW_FLAT_MAX_TAPS];
+    long off[SHC_DW_FLAT_MAX_TAPS];
+};
+
+/* masks[t * 8 + g]: load mask of vector v0 + g for tap t (output pixel p = y·ow + x per lane). */
 __attribute__((target("avx512f")))
-static void shc_dw_flat_masks(unsigned short *masks, long v0, int G, long H, long W, long kh, long kw,
-                              const long *di, const long *dj) {
+static void shc_dw_flat_masks(unsigned short *masks, long v0, int G, long ow, long taps, const struct shc_dw_taps *tp) {
     const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i vW = _mm512_set1_epi32((int)W), vH = _mm512_set1_epi32((int)H), one = _mm512_set1_epi32(1);
+    const __m512i vW = _mm512_set1_epi32((int)ow), one = _mm512_set1_epi32(1);
     for (int g = 0; g < G; g++) {
         const long p0 = (v0 + g) * 16;
-        __m512i x = _mm512_add_epi32(_mm512_set1_epi32((int)(p0 % W)), lane);
-        __m512i y = _mm512_set1_epi32((int)(p0 / W));
+        __m512i x = _mm512_add_epi32(_mm512_set1_epi32((int)(p0 % ow)), lane);
+        __m512i y = _mm512_set1_epi32((int)(p0 / ow));
         for (;;) {
             const __mmask16 over = _mm512_cmpge_epi32_mask(x, vW);
             if (!over) break;
             x = _mm512_mask_sub_epi32(x, over, x, vW);
             y = _mm512_mask_add_epi32(y, over, y, one);
         }
-        for (long i = 0; i < kh; i++) {
-            const __mmask16 rm = _mm512_cmplt_epu32_mask(_mm512_add_epi32(y, _mm512_set1_epi32((int)di[i])), vH);
-            for (long j = 0; j < kw; j++)
-                masks[(i * kw + j) * 8 + g] =
-                    _mm512_mask_cmplt_epu32_mask(rm, _mm512_add_epi32(x, _mm512_set1_epi32((int)dj[j])), vW);
+        for (long t = 0; t < taps; t++) {
+            const __mmask16 rm = _mm512_cmplt_epu32_mask(_mm512_add_epi32(y, _mm512_set1_epi32((int)tp->ri[t])),
+                                                         _mm512_set1_epi32((int)tp->rows[t]));
+            masks[t * 8 + g] = _mm512_mask_cmplt_epu32_mask(rm, _mm512_add_epi32(x, _mm512_set1_epi32((int)tp->cj[t])),
+                                                            _mm512_set1_epi32((int)tp->cols[t]));
         }
     }
 }
@@ -271,15 +279,14 @@ static inline void shc_dw_flat_group(const float *src, float *dst, const float *
 }
 
 __attribute__((target("avx512f"), always_inline))
-static inline void shc_dw_flat_mode(const float *src, float *dst, const float *w, const float *bias, long planes,
-                                    long H, long W, long oh, long kh, long kw, const long *di, const long *dj,
-                                    const long *offs, unsigned short *masks,
+static inline void shc_dw_flat_mode(const float *src, long srcPlane, float *dst, const float *w, const float *bias, long planes,
+                                    long oh, long ow, long taps, const struct shc_dw_taps *tp, unsigned short *masks,
                                     const int mode, float *clip_out, float lo, float hi) {
-    const long P = oh * W, HW = H * W, V = (P + 15) / 16, taps = kh * kw;
+    const long P = oh * ow, V = (P + 15) / 16;
     for (long v0 = 0; v0 < V; v0 += 8) {
         const int G = V - v0 < 8 ? (int)(V - v0) : 8;
-        shc_dw_flat_masks(masks, v0, G, H, W, kh, kw, di, dj);
-#define SHC_FLAT(GG, NN) shc_dw_flat_group(src, dst, w, bias, planes, P, HW, taps, offs, masks, v0, GG, NN, mode, clip_out, lo, hi)
+        shc_dw_flat_masks(masks, v0, G, ow, taps, tp);
+#define SHC_FLAT(GG, NN) shc_dw_flat_group(src, dst, w, bias, planes, P, srcPlane, taps, tp->off, masks, v0, GG, NN, mode, clip_out, lo, hi)
         /* Planes with at most 4 (2) vectors are paired (grouped by 4) for 8 accumulators. */
         switch (G) {
         case 8: SHC_FLAT(8, 1); break;
@@ -295,36 +302,99 @@ static inline void shc_dw_flat_mode(const float *src, float *dst, const float *w
     }
 }
 
-/* Measured on every stride-1 depthwise layer of EfficientNet-Lite0 (planes 112² … 7², 3×3 and 5×5,
- * single thread, time relative to shardcal_dw_direct_avx512): 0.36–0.37 on 7×7, 0.63–0.83 on 14×14,
- * 0.70 on 28×28, 0.44 on 56×56, 0.57 on 112×112. The flat kernel wins on all of them. */
-int shardcal_dw_flat_preferred(long H, long W, long kh, long kw) {
-    (void)H; (void)W; (void)kh; (void)kw;
-    return 1;
+static long shc_floor_div(long a, long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* Rows of the phase-split copy: ceil(H / sh) per phase. */
+long shardcal_dw_flat_scratch_floats(long planes, long H, long W, long oh, long ow, long sh, long sw) {
+    (void)W; (void)oh;
+    if (sh == 1 && sw == 1) return 0;
+    return planes * sh * sw * ((H + sh - 1) / sh) * ow;
+}
+
+/* Phase (a, b) of plane q: S[u][v] = X[u·sh + a][v·sw + b] for v < min(ow, columns of the phase). */
+__attribute__((target("avx512f")))
+static void shc_dw_phase_split(const float *src, float *dst, long H, long W, long ow, long sh, long sw, long Hs) {
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    for (long a = 0; a < sh; a++) {
+        const long Ha = (H - a + sh - 1) / sh;
+        for (long u = 0; u < Ha; u++) {
+            const float *row = src + (u * sh + a) * W;
+            if (sw == 2) {
+                float *d0 = dst + (a * 2 * Hs + u) * ow, *d1 = dst + ((a * 2 + 1) * Hs + u) * ow;
+                const long W0 = (W + 1) / 2 < ow ? (W + 1) / 2 : ow, W1 = W / 2 < ow ? W / 2 : ow;
+                for (long v = 0; v < W0; v += 16) {
+                    const long c = 2 * v, left = W - c;
+                    const __mmask16 ml = (__mmask16)(left >= 16 ? 0xFFFFu : ((1u << left) - 1u));
+                    const __mmask16 mh = (__mmask16)(left >= 32 ? 0xFFFFu : (left <= 16 ? 0u : ((1u << (left - 16)) - 1u)));
+                    const __m512 lo16 = _mm512_maskz_loadu_ps(ml, row + c), hi16 = _mm512_maskz_loadu_ps(mh, row + c + 16);
+                    const long n0 = W0 - v, n1 = W1 - v;
+                    _mm512_mask_storeu_ps(d0 + v, (__mmask16)(n0 >= 16 ? 0xFFFFu : ((1u << n0) - 1u)),
+                                          _mm512_permutex2var_ps(lo16, evens, hi16));
+                    if (n1 > 0)
+                        _mm512_mask_storeu_ps(d1 + v, (__mmask16)(n1 >= 16 ? 0xFFFFu : ((1u << n1) - 1u)),
+                                              _mm512_permutex2var_ps(lo16, odds, hi16));
+                }
+            } else {
+                for (long b = 0; b < sw; b++) {
+                    float *d = dst + ((a * sw + b) * Hs + u) * ow;
+                    for (long v = 0; v < ow && v * sw + b < W; v++) d[v] = row[v * sw + b];
+                }
+            }
+        }
+    }
+}
+
+/* Measured on every depthwise layer of EfficientNet-Lite0 (planes 112² … 7², 3×3 and 5×5, strides 1
+ * and 2, single thread, time relative to shardcal_dw_direct_avx512). Stride 1: 0.36–0.39 on 7×7,
+ * 0.63–0.83 on 14×14, 0.70 on 28×28, 0.44 on 56×56, 0.57 on 112×112. Stride 2 (phase split):
+ * 5×5 0.84 on 56→28 and 0.70 on 14→7, but 3×3 1.29 on 112→56 and 1.17 on 28→14. */
+int shardcal_dw_flat_preferred(long H, long W, long kh, long kw, long sh, long sw) {
+    (void)H; (void)W;
+    if (sh == 1 && sw == 1) return 1;
+    /* Stride 2 pays for the phase-split copy only with enough taps per output. */
+    return sh <= 2 && sw <= 2 && kh * kw >= 25;
 }
 
 __attribute__((target("avx512f")))
 int shardcal_dw_flat_avx512(const float *src, float *dst, const float *w, const float *bias, long planes,
-                            long H, long W, long oh, long kh, long kw, long dh, long dw, long pt, long pl,
+                            long H, long W, long oh, long ow, long kh, long kw, long sh, long sw,
+                            long dh, long dw, long pt, long pl, float *scratch,
                             float *clip_out, float lo, float hi) {
     const long lim = 1L << 30;
-    if (kh > 32 || kw > 32 || H <= 0 || W <= 0 || oh <= 0 || H > lim || W > lim || H * W > lim || oh * W > lim) return 0;
-    long di[32], dj[32], offs[SHC_DW_FLAT_MAX_TAPS];
+    if (kh > 32 || kw > 32 || sh < 1 || sw < 1 || sh > 16 || sw > 16 || H <= 0 || W <= 0 || oh <= 0 || ow <= 0
+        || H > lim || W > lim || oh > lim || ow > lim || H * W > lim || oh * ow > lim) return 0;
+    const int split = !(sh == 1 && sw == 1);
+    const long Hs = (H + sh - 1) / sh;
+    /* Rows of the phase planes are ow floats apart: every column of a phase must fit in ow. */
+    if (split ? ((W + sw - 1) / sw > ow || sh * sw * Hs * ow > lim || !scratch) : ow != W) return 0;
+    struct shc_dw_taps tp;
     unsigned short masks[SHC_DW_FLAT_MAX_TAPS * 8];
-    /* Offsets and coordinates are 32-bit lanes: every tap offset must fit too. */
+    const long taps = kh * kw;
     for (long i = 0; i < kh; i++) {
-        di[i] = i * dh - pt;
-        if (di[i] < -lim || di[i] > lim || di[i] * W < -lim || di[i] * W > lim) return 0;
+        const long r = i * dh - pt;
+        if (r < -lim || r > lim) return 0;
+        const long a = r - shc_floor_div(r, sh) * sh, ri = shc_floor_div(r, sh);
+        for (long j = 0; j < kw; j++) {
+            const long c = j * dw - pl;
+            if (c < -lim || c > lim) return 0;
+            const long b = c - shc_floor_div(c, sw) * sw, cj = shc_floor_div(c, sw);
+            const long t = i * kw + j;
+            tp.ri[t] = ri; tp.rows[t] = (H - a + sh - 1) / sh;
+            tp.cj[t] = cj; tp.cols[t] = (W - b + sw - 1) / sw;
+            tp.off[t] = (a * sw + b) * Hs * ow + ri * ow + cj;
+            if (tp.off[t] < -lim || tp.off[t] > lim) return 0;
+        }
     }
-    for (long j = 0; j < kw; j++) {
-        dj[j] = j * dw - pl;
-        if (dj[j] < -lim || dj[j] > lim) return 0;
+    long srcPlane = H * W;
+    if (split) {
+        srcPlane = sh * sw * Hs * ow;
+        for (long q = 0; q < planes; q++) shc_dw_phase_split(src + q * H * W, scratch + q * srcPlane, H, W, ow, sh, sw, Hs);
+        src = scratch;
     }
-    for (long i = 0; i < kh; i++)
-        for (long j = 0; j < kw; j++) offs[i * kw + j] = di[i] * W + dj[j];
-    if (!clip_out) shc_dw_flat_mode(src, dst, w, bias, planes, H, W, oh, kh, kw, di, dj, offs, masks, SHC_DW_STORE_Y, clip_out, lo, hi);
-    else if (clip_out == dst) shc_dw_flat_mode(src, dst, w, bias, planes, H, W, oh, kh, kw, di, dj, offs, masks, SHC_DW_STORE_CLIP, clip_out, lo, hi);
-    else shc_dw_flat_mode(src, dst, w, bias, planes, H, W, oh, kh, kw, di, dj, offs, masks, SHC_DW_STORE_BOTH, clip_out, lo, hi);
+    if (!clip_out) shc_dw_flat_mode(src, srcPlane, dst, w, bias, planes, oh, ow, taps, &tp, masks, SHC_DW_STORE_Y, clip_out, lo, hi);
+    else if (clip_out == dst) shc_dw_flat_mode(src, srcPlane, dst, w, bias, planes, oh, ow, taps, &tp, masks, SHC_DW_STORE_CLIP, clip_out, lo, hi);
+    else shc_dw_flat_mode(src, srcPlane, dst, w, bias, planes, oh, ow, taps, &tp, masks, SHC_DW_STORE_BOTH, clip_out, lo, hi);
     return 1;
 }
 

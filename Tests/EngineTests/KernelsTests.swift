@@ -703,13 +703,46 @@ struct KernelsDepthwiseFlatTests {
         #expect(checked >= 60 && differentHeight >= 10, "checked \(checked), outH != inH \(differentHeight)")
     }
 
+    /// Strides 2 (phase-split copy) and 1 with outW != inW, where the flat kernel declines some shapes
+    /// (a phase wider than the output) and the direct kernel runs instead: results must still match.
+    @Test func flatStridedMatchesReferenceAndDirect() {
+        guard Kernels.VectorISA.avx512.isSupported else { return }
+        var rng = KernelTestRNG(seed: 94)
+        var checked = 0
+        for W in 1...20 {
+            for _ in 0..<4 {
+                let kh = rng.int(1...5), kw = rng.int(1...5), dh = rng.int(1...2), dw = rng.int(1...2)
+                let sh = rng.int(1...2), sw = rng.int(0...3) == 0 ? 1 : 2
+                let H = rng.int(1...13)
+                let pt = rng.int(0...3), pb = rng.int(0...3), pl = rng.int(0...3), pr = rng.int(0...3)
+                let C = [1, 2, 5, 16, 17][rng.int(0...4)]
+                let g = Conv2DGeometry(batch: rng.int(1...2), inChannels: C, inHeight: H, inWidth: W, outChannels: C,
+                                       kernelHeight: kh, kernelWidth: kw, strideH: sh, strideW: sw, dilationH: dh, dilationW: dw,
+                                       padTop: pt, padLeft: pl, padBottom: pb, padRight: pr, group: C)
+                if g.outHeight <= 0 || g.outWidth <= 0 { continue }
+                let x = rng.floats(g.batch * C * H * W), w = rng.floats(C * kh * kw)
+                let b: [Float]? = rng.int(0...3) == 0 ? nil : rng.floats(C)
+                let ref = referenceConv(x, w, b, g)
+                let flat = Self.run(x, w, b, g, kernel: .flat, threads: 1).y
+                #expect(kernelMaxAbsDiff(flat, ref) <= 2e-6 * Float(kh * kw) + 1e-6, "\(g)")
+                #expect(flat == Self.run(x, w, b, g, kernel: .direct, threads: 1).y, "flat vs direct: \(g)")
+                #expect(Self.run(x, w, b, g, kernel: .flat, threads: 2).y == flat, "threads: \(g)")
+                let clipped = Self.run(x, w, b, g, kernel: .flat, threads: 1, clip: (-0.5, 0.5, false))
+                #expect(clipped.y == flat && clipped.clipped == flat.map { $0 < -0.5 ? -0.5 : ($0 > 0.5 ? 0.5 : $0) }, "clip: \(g)")
+                checked += 1
+            }
+        }
+        #expect(checked >= 60, "checked \(checked)")
+    }
+
     /// The clip fused into the flat kernel's store: separate output (y and clip(y)) and in place.
     @Test func flatFusedClip() {
         guard Kernels.VectorISA.avx512.isSupported else { return }
         var rng = KernelTestRNG(seed: 92)
-        for (H, W, k, C) in [(7, 7, 5, 19), (14, 14, 3, 5), (3, 13, 3, 2), (9, 1, 3, 4), (5, 17, 5, 18)] {
+        for (H, W, k, C, s) in [(7, 7, 5, 19, 1), (14, 14, 3, 5, 1), (3, 13, 3, 2, 1), (9, 1, 3, 4, 1), (5, 17, 5, 18, 1),
+                                (14, 14, 5, 17, 2), (11, 9, 3, 3, 2)] {
             let g = Conv2DGeometry(batch: 2, inChannels: C, inHeight: H, inWidth: W, outChannels: C, kernelHeight: k, kernelWidth: k,
-                                   padTop: k / 2, padLeft: k / 2, padBottom: k / 2, padRight: k / 2, group: C)
+                                   strideH: s, strideW: s, padTop: k / 2, padLeft: k / 2, padBottom: k / 2, padRight: k / 2, group: C)
             let x = rng.floats(g.batch * C * H * W).map { $0 * 4 }, w = rng.floats(C * k * k), b = rng.floats(C)
             let plain = Self.run(x, w, b, g, kernel: .flat, threads: 1).y
             let expected = plain.map { $0 < 0 ? 0 : ($0 > 1.5 ? 1.5 : $0) }
@@ -725,10 +758,10 @@ struct KernelsDepthwiseFlatTests {
     @Test func automaticChoiceMatchesForcedKernel() {
         guard Kernels.VectorISA.avx512.isSupported else { return }
         var rng = KernelTestRNG(seed: 93)
-        for (H, W, k) in [(7, 7, 5), (14, 14, 5), (28, 28, 3), (56, 56, 3)] {
+        for (H, W, k, s) in [(7, 7, 5, 1), (14, 14, 5, 1), (28, 28, 3, 1), (56, 56, 3, 1), (14, 14, 5, 2), (28, 28, 3, 2)] {
             let C = 20
             let g = Conv2DGeometry(batch: 1, inChannels: C, inHeight: H, inWidth: W, outChannels: C, kernelHeight: k, kernelWidth: k,
-                                   padTop: k / 2, padLeft: k / 2, padBottom: k / 2, padRight: k / 2, group: C)
+                                   strideH: s, strideW: s, padTop: k / 2, padLeft: k / 2, padBottom: k / 2, padRight: k / 2, group: C)
             let x = rng.floats(C * H * W), w = rng.floats(C * k * k), b = rng.floats(C)
             let auto = Self.run(x, w, b, g, kernel: .auto, threads: 1).y
             let flat = Self.run(x, w, b, g, kernel: .flat, threads: 1).y
