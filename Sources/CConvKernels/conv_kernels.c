@@ -263,42 +263,87 @@ static inline void shc_dw_flat_tile(const float *src, float *dst, const float *w
     }
 }
 
-/* Vectors [v0, v0 + G) of every plane; masks computed once. */
+/* Tiles of planes [0, np) (np ∈ {1, 2, 4}) for vector groups [g0, g1); masks of group gi at
+ * masks + (gi − g0)·taps·8. */
 __attribute__((target("avx512f"), always_inline))
-static inline void shc_dw_flat_group(const float *src, float *dst, const float *w, const float *bias, long planes,
-                                     long P, long HW, long taps, const long *offs, const unsigned short *masks,
-                                     long v0, const int G, const int NP,
-                                     const int mode, float *clip_out, float lo, float hi) {
-    long q = 0;
-    for (; q + NP <= planes; q += NP)
-        shc_dw_flat_tile(src + q * HW, dst + q * P, w + q * taps, bias ? bias + q : 0, P, HW, taps, offs, masks, v0, NP, G,
-                         mode, clip_out ? clip_out + q * P : 0, lo, hi);
-    for (; q < planes; q++)
-        shc_dw_flat_tile(src + q * HW, dst + q * P, w + q * taps, bias ? bias + q : 0, P, HW, taps, offs, masks, v0, 1, G,
-                         mode, clip_out ? clip_out + q * P : 0, lo, hi);
+static inline void shc_dw_flat_tiles(const float *src, float *dst, const float *w, const float *bias,
+                                     long P, long srcPlane, long V, long taps, const long *offs, const unsigned short *masks,
+                                     long g0, long g1, int np, const int mode, float *clip_out, float lo, float hi) {
+    for (long gi = g0; gi < g1; gi++) {
+        const long v0 = gi * 8;
+        const int G = V - v0 < 8 ? (int)(V - v0) : 8;
+        const unsigned short *m = masks + (gi - g0) * taps * 8;
+#define SHC_T(GG, NN) shc_dw_flat_tile(src, dst, w, bias, P, srcPlane, taps, offs, m, v0, NN, GG, mode, clip_out, lo, hi)
+        if (np == 1) {
+            switch (G) {
+            case 8: SHC_T(8, 1); break;
+            case 7: SHC_T(7, 1); break;
+            case 6: SHC_T(6, 1); break;
+            case 5: SHC_T(5, 1); break;
+            case 4: SHC_T(4, 1); break;
+            case 3: SHC_T(3, 1); break;
+            case 2: SHC_T(2, 1); break;
+            default: SHC_T(1, 1); break;
+            }
+        } else if (np == 2) {
+            switch (G) {
+            case 4: SHC_T(4, 2); break;
+            case 3: SHC_T(3, 2); break;
+            case 2: SHC_T(2, 2); break;
+            default: SHC_T(1, 2); break;
+            }
+        } else {
+            switch (G) {
+            case 2: SHC_T(2, 4); break;
+            default: SHC_T(1, 4); break;
+            }
+        }
+#undef SHC_T
+    }
 }
 
+#define SHC_DW_FLAT_MASKS 16384
+
+__attribute__((target("avx512f")))
+static void shc_dw_phase_split(const float *src, float *dst, long H, long W, long ow, long sh, long sw, long Hs);
+
+/* Masks for as many vector groups as fit SHC_DW_FLAT_MASKS (all of them on EfficientNet's planes),
+ * then plane by plane (np at a time) over those groups, so one plane's data stays in cache; strided
+ * convs split a plane into its phases just before it is computed. */
 __attribute__((target("avx512f"), always_inline))
-static inline void shc_dw_flat_mode(const float *src, long srcPlane, float *dst, const float *w, const float *bias, long planes,
+static inline void shc_dw_flat_mode(const float *src, long H, long W, long sh, long sw, long Hs, float *scratch,
+                                    float *dst, const float *w, const float *bias, long planes,
                                     long oh, long ow, long taps, const struct shc_dw_taps *tp, unsigned short *masks,
                                     const int mode, float *clip_out, float lo, float hi) {
-    const long P = oh * ow, V = (P + 15) / 16;
-    for (long v0 = 0; v0 < V; v0 += 8) {
-        const int G = V - v0 < 8 ? (int)(V - v0) : 8;
-        shc_dw_flat_masks(masks, v0, G, ow, taps, tp);
-#define SHC_FLAT(GG, NN) shc_dw_flat_group(src, dst, w, bias, planes, P, srcPlane, taps, tp->off, masks, v0, GG, NN, mode, clip_out, lo, hi)
-        /* Planes with at most 4 (2) vectors are paired (grouped by 4) for 8 accumulators. */
-        switch (G) {
-        case 8: SHC_FLAT(8, 1); break;
-        case 7: SHC_FLAT(7, 1); break;
-        case 6: SHC_FLAT(6, 1); break;
-        case 5: SHC_FLAT(5, 1); break;
-        case 4: SHC_FLAT(4, 2); break;
-        case 3: SHC_FLAT(3, 2); break;
-        case 2: SHC_FLAT(2, 4); break;
-        default: SHC_FLAT(1, 4); break;
+    const long P = oh * ow, V = (P + 15) / 16, groups = (V + 7) / 8;
+    const int split = !(sh == 1 && sw == 1);
+    const long srcPlane = split ? sh * sw * Hs * ow : H * W;
+    /* Planes with at most 4 (2) vectors are paired (grouped by 4) for 8 accumulators. */
+    const int NP = V <= 2 ? 4 : (V <= 4 ? 2 : 1);
+    long gpc = SHC_DW_FLAT_MASKS / (taps * 8);
+    if (gpc < 1) gpc = 1;
+    const int whole = gpc >= groups;
+    if (split && !whole)
+        for (long q = 0; q < planes; q++) shc_dw_phase_split(src + q * H * W, scratch + q * srcPlane, H, W, ow, sh, sw, Hs);
+    for (long g0 = 0; g0 < groups; g0 += gpc) {
+        const long g1 = g0 + gpc < groups ? g0 + gpc : groups;
+        for (long gi = g0; gi < g1; gi++) {
+            const long v0 = gi * 8;
+            shc_dw_flat_masks(masks + (gi - g0) * taps * 8, v0, V - v0 < 8 ? (int)(V - v0) : 8, ow, taps, tp);
         }
-#undef SHC_FLAT
+        for (long q = 0; q < planes;) {
+            const int np = q + NP <= planes ? NP : 1;
+            const float *s;
+            if (!split) s = src + q * srcPlane;
+            else if (!whole) s = scratch + q * srcPlane;
+            else {
+                for (int k = 0; k < np; k++) shc_dw_phase_split(src + (q + k) * H * W, scratch + k * srcPlane, H, W, ow, sh, sw, Hs);
+                s = scratch;
+            }
+            shc_dw_flat_tiles(s, dst + q * P, w + q * taps, bias ? bias + q : 0, P, srcPlane, V, taps, tp->off, masks,
+                              g0, g1, np, mode, clip_out ? clip_out + q * P : 0, lo, hi);
+            q += np;
+        }
     }
 }
 
@@ -369,7 +414,7 @@ int shardcal_dw_flat_avx512(const float *src, float *dst, const float *w, const 
     /* Rows of the phase planes are ow floats apart: every column of a phase must fit in ow. */
     if (split ? ((W + sw - 1) / sw > ow || sh * sw * Hs * ow > lim || !scratch) : ow != W) return 0;
     struct shc_dw_taps tp;
-    unsigned short masks[SHC_DW_FLAT_MAX_TAPS * 8];
+    unsigned short masks[SHC_DW_FLAT_MASKS];
     const long taps = kh * kw;
     for (long i = 0; i < kh; i++) {
         const long r = i * dh - pt;
@@ -386,15 +431,11 @@ int shardcal_dw_flat_avx512(const float *src, float *dst, const float *w, const 
             if (tp.off[t] < -lim || tp.off[t] > lim) return 0;
         }
     }
-    long srcPlane = H * W;
-    if (split) {
-        srcPlane = sh * sw * Hs * ow;
-        for (long q = 0; q < planes; q++) shc_dw_phase_split(src + q * H * W, scratch + q * srcPlane, H, W, ow, sh, sw, Hs);
-        src = scratch;
-    }
-    if (!clip_out) shc_dw_flat_mode(src, srcPlane, dst, w, bias, planes, oh, ow, taps, &tp, masks, SHC_DW_STORE_Y, clip_out, lo, hi);
-    else if (clip_out == dst) shc_dw_flat_mode(src, srcPlane, dst, w, bias, planes, oh, ow, taps, &tp, masks, SHC_DW_STORE_CLIP, clip_out, lo, hi);
-    else shc_dw_flat_mode(src, srcPlane, dst, w, bias, planes, oh, ow, taps, &tp, masks, SHC_DW_STORE_BOTH, clip_out, lo, hi);
+#define SHC_FLAT_MODE(M) shc_dw_flat_mode(src, H, W, sh, sw, Hs, scratch, dst, w, bias, planes, oh, ow, taps, &tp, masks, M, clip_out, lo, hi)
+    if (!clip_out) SHC_FLAT_MODE(SHC_DW_STORE_Y);
+    else if (clip_out == dst) SHC_FLAT_MODE(SHC_DW_STORE_CLIP);
+    else SHC_FLAT_MODE(SHC_DW_STORE_BOTH);
+#undef SHC_FLAT_MODE
     return 1;
 }
 
