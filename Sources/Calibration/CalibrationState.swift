@@ -161,6 +161,117 @@ public struct CalibrationState: Sendable, Equatable {
         }
     }
 
+    /// The coordinator's merge: like `merge(encodedShards:)` (tensor by tensor, the same state bit
+    /// for bit), but it also checks what `EncodedHistograms(checkingCountSums: false)` left out,
+    /// while it adds the counts (one pass over them), and refuses any count that would exceed
+    /// UInt64. Returns the shards it refused, by index into `encodedShards`, with the reason; none of
+    /// them leaves a trace in the state (a tensor whose layout they would widen is restored from a
+    /// copy, the others have the counts taken out again), and the rest are merged. Throws (and
+    /// changes nothing) if any shard is already in or listed twice.
+    public mutating func mergeChecking(encodedShards: [(shard: Int, histograms: EncodedHistograms)]) throws(StateError) -> [Int: String] {
+        var incoming = Set<Int>()
+        var again: [Int] = []
+        for (shard, _) in encodedShards where shards.contains(shard) || !incoming.insert(shard).inserted { again.append(shard) }
+        if !again.isEmpty { throw .shardAlreadyMerged(again.sorted()) }
+        var refused: [Int: String] = [:]
+        // Each failed attempt refuses one more shard and leaves the state as it was: retry without it.
+        while let (index, why) = mergeOrRollBack(encodedShards, skipping: refused) { refused[index] = why }
+        for (i, entry) in encodedShards.enumerated() where refused[i] == nil { shards.insert(entry.shard) }
+        return refused
+    }
+
+    private static func sameNames(_ entries: [EncodedHistograms.Entry], _ names: [String]) -> Bool {
+        entries.count == names.count && zip(entries, names).allSatisfy { $0.name == $1 }
+    }
+
+    private enum Undo {
+        /// The tensor was not in the state.
+        case remove(String)
+        /// The tensor's layout changed: the histogram before.
+        case restore(String, Histogram)
+        /// Same layout throughout: take these (shard index, entry index) counts out, restore the scalars.
+        case subtract(String, Histogram.Scalars, [(Int, Int)])
+    }
+
+    /// Merges the shards not in `skipping`; on the first refused one, undoes everything and returns it.
+    private mutating func mergeOrRollBack(_ batch: [(shard: Int, histograms: EncodedHistograms)],
+                                          skipping: [Int: String]) -> (Int, String)? {
+        let active = batch.indices.filter { skipping[$0] == nil }
+        if active.isEmpty { return nil }
+        // Tensor order as sequential merges would give: first-seen order across the shards.
+        var order: [String] = []
+        if tensorNames.isEmpty || !active.allSatisfy({ Self.sameNames(batch[$0].histograms.entries, tensorNames) }) {
+            var known = Set(tensorNames)
+            for r in active { for e in batch[r].histograms.entries where known.insert(e.name).inserted { order.append(e.name) } }
+        }
+        let all = tensorNames + order
+        // Where each tensor sits in each shard: nil when at its position in `all` (the usual case:
+        // every result lists the tensors in graph order), else by name.
+        let lookups: [[String: Int]?] = batch.indices.map { r in
+            skipping[r] != nil || Self.sameNames(batch[r].histograms.entries, all) ? nil
+                : Dictionary(batch[r].histograms.names.enumerated().map { ($0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
+        }
+        var undo: [Undo] = []
+        undo.reserveCapacity(all.count)
+        var failure: (Int, String)? = nil
+        var items: [(Int, Int)] = []
+        tensors: for (position, name) in all.enumerated() {
+            items.removeAll(keepingCapacity: true)
+            for r in active {
+                if let lookup = lookups[r] {
+                    if let i = lookup[name] { items.append((r, i)) }
+                } else {
+                    items.append((r, position))
+                }
+            }
+            if items.isEmpty { continue }
+            let before = histograms.removeValue(forKey: name)
+            var merged = before ?? Histogram()
+            // A copy only when the layout changes (rare once the run is under way): otherwise an
+            // undo subtracts the counts again, and nothing is copied.
+            let widens = before == nil || items.contains { merged.layoutChanges(for: batch[$0.0].histograms.entries[$0.1]) }
+            let step: Undo = before == nil ? .remove(name) : widens ? .restore(name, before!) : .subtract(name, merged.scalars, [])
+            var added: [(Int, Int)] = []
+            for (r, i) in items {
+                let h = batch[r].histograms
+                let why = h.bytes.withUnsafeBytes { merged.mergeChecking(h.entries[i], bytes: $0) }
+                if let why {
+                    failure = (r, "tensor \(name): \(why)")
+                    break
+                }
+                added.append((r, i))
+            }
+            if case .subtract(let n, let scalars, _) = step {
+                undo.append(.subtract(n, scalars, added))
+            } else {
+                undo.append(step)
+            }
+            histograms[name] = merged
+            if failure != nil { break tensors }
+        }
+        guard let failure else {
+            tensorNames += order
+            return nil
+        }
+        for step in undo.reversed() {
+            switch step {
+            case .remove(let name):
+                histograms[name] = nil
+            case .restore(let name, let h):
+                histograms[name] = h
+            case .subtract(let name, let scalars, let added):
+                var h = histograms.removeValue(forKey: name)!
+                for (r, i) in added {
+                    let e = batch[r].histograms
+                    e.bytes.withUnsafeBytes { h.unmergeCounts(e.entries[i], bytes: $0) }
+                }
+                h.restoreScalars(scalars)
+                histograms[name] = h
+            }
+        }
+        return failure
+    }
+
     // MARK: - File format
 
     /// ```

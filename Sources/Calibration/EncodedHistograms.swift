@@ -36,18 +36,23 @@ public struct EncodedHistograms: Sendable {
     /// The payload as received (possibly the network library's own buffer, not a copy).
     public let bytes: Data
     public let entries: [Entry]
+    /// False when built with `checkingCountSums: false`: every invariant but "the bins sum to the
+    /// value count" holds; `CalibrationState.mergeChecking` checks that one while it adds the
+    /// counts (one pass over them instead of two), or `checkingCountSums()` checks it on its own.
+    public let countSumsChecked: Bool
 
     public var count: Int { entries.count }
     public var names: [String] { entries.map(\.name) }
 
     /// Parses and validates exactly `count` named histograms filling all of `bytes`. Names must be
     /// unique and at most `maxNameBytes` long. Errors name the tensor and what was wrong.
-    public init(validating bytes: [UInt8], count: Int, maxNameBytes: Int = 4096) throws(DecodingError) {
-        try self.init(validating: Data(bytes), count: count, maxNameBytes: maxNameBytes)
+    public init(validating bytes: [UInt8], count: Int, maxNameBytes: Int = 4096, checkingCountSums: Bool = true) throws(DecodingError) {
+        try self.init(validating: Data(bytes), count: count, maxNameBytes: maxNameBytes, checkingCountSums: checkingCountSums)
     }
 
     /// As above, keeping `bytes` without copying it.
-    public init(validating bytes: Data, count: Int, maxNameBytes: Int = 4096) throws(DecodingError) {
+    /// With `checkingCountSums: false` the counts themselves are not read (see `countSumsChecked`).
+    public init(validating bytes: Data, count: Int, maxNameBytes: Int = 4096, checkingCountSums: Bool = true) throws(DecodingError) {
         var entries: [Entry] = []
         entries.reserveCapacity(count)
         var seen = Set<String>()
@@ -57,7 +62,7 @@ public struct EncodedHistograms: Sendable {
             do throws(DecodingError) {
                 for i in 0..<count {
                     let name = try Self.readName(buf, &offset, index: i, maxNameBytes: maxNameBytes)
-                    let entry = try Self.readHistogram(buf, &offset, name: name)
+                    let entry = try Self.readHistogram(buf, &offset, name: name, sumCounts: checkingCountSums)
                     if !seen.insert(name).inserted { throw DecodingError.invalid("tensor \(name) appears twice") }
                     entries.append(entry)
                 }
@@ -72,10 +77,35 @@ public struct EncodedHistograms: Sendable {
         }
         self.bytes = bytes
         self.entries = entries
+        self.countSumsChecked = checkingCountSums
+    }
+
+    private init(bytes: Data, entries: [Entry], countSumsChecked: Bool) {
+        self.bytes = bytes
+        self.entries = entries
+        self.countSumsChecked = countSumsChecked
+    }
+
+    /// This payload with the one invariant `checkingCountSums: false` left out checked too (a pass
+    /// over the counts): the same error `init(validating:)` would have thrown, naming the tensor.
+    public func checkingCountSums() throws(DecodingError) -> EncodedHistograms {
+        if countSumsChecked { return self }
+        let failure: DecodingError? = bytes.withUnsafeBytes { buf in
+            for e in entries where e.binCount > 0 {
+                let total = shc_sum_coded_counts(buf.baseAddress! + e.countsOffset, e.binCount, Int32(e.countWidth))
+                if total != e.valueCount {
+                    return DecodingError.invalid("histogram of tensor \(e.name): \(HistogramError.invalid("bins sum to \(total) but \(e.valueCount) values are counted"))")
+                }
+            }
+            return nil
+        }
+        if let failure { throw failure }
+        return EncodedHistograms(bytes: bytes, entries: entries, countSumsChecked: true)
     }
 
     /// Histogram `i` as a value (its counts widened to `[UInt64]`).
     public func histogram(at i: Int) -> Histogram {
+        precondition(countSumsChecked, "EncodedHistograms.histogram(at:) before the count sums were checked (use checkingCountSums())")
         let e = entries[i]
         let counts = bytes.withUnsafeBytes { buf in
             [UInt64](unsafeUninitializedCapacity: e.binCount) { dst, initialized in
@@ -100,9 +130,11 @@ public struct EncodedHistograms: Sendable {
 
     // MARK: parsing
 
-    private static func need(_ buf: UnsafeRawBufferPointer, _ offset: Int, _ n: Int, _ what: String) throws(DecodingError) {
+    /// `what` is only built when the bytes are missing: this runs several times per tensor, and
+    /// formatting the descriptions up front was a visible share of decoding a RESULT.
+    private static func need(_ buf: UnsafeRawBufferPointer, _ offset: Int, _ n: Int, _ what: @autoclosure () -> String) throws(DecodingError) {
         if n < 0 || n > buf.count - offset {
-            throw .truncated(reading: what, offset: offset, needed: n, available: buf.count - offset)
+            throw .truncated(reading: what(), offset: offset, needed: n, available: buf.count - offset)
         }
     }
 
@@ -125,8 +157,9 @@ public struct EncodedHistograms: Sendable {
         return name
     }
 
-    private static func readHistogram(_ buf: UnsafeRawBufferPointer, _ offset: inout Int, name: String) throws(DecodingError) -> Entry {
-        let what = "histogram of tensor \(name)"
+    private static func readHistogram(_ buf: UnsafeRawBufferPointer, _ offset: inout Int, name: String,
+                                      sumCounts: Bool) throws(DecodingError) -> Entry {
+        var what: String { "histogram of tensor \(name)" }
         try need(buf, offset, 44, what)
         let version = load(buf, &offset, UInt8.self)
         if version != Histogram.codingVersion {
@@ -156,7 +189,8 @@ public struct EncodedHistograms: Sendable {
         try need(buf, offset, n * width, "\(what) counts")
         let start = offset
         let base = buf.baseAddress! + start
-        let total = n > 0 ? shc_sum_coded_counts(base, n, Int32(width)) : 0
+        // Unchecked here: stands for the value count, so every other invariant is still checked.
+        let total = n == 0 ? 0 : sumCounts ? shc_sum_coded_counts(base, n, Int32(width)) : valueCount
         let last: UInt64? = n > 0 ? lastCount(base, n, width) : nil
         offset += n * width
         let layout: Int? = flags & 1 != 0 ? k : nil
@@ -208,5 +242,68 @@ extension Histogram {
         addStatistics(valueCount: entry.valueCount, zeroCount: entry.zeroCount, nan: entry.nanCount,
                       posInf: entry.positiveInfinityCount, negInf: entry.negativeInfinityCount,
                       minimum: entry.minimum, maximum: entry.maximum)
+    }
+}
+
+extension Histogram {
+    /// Whether merging `entry` would change this histogram's layout (bin width or bin count).
+    func layoutChanges(for entry: EncodedHistograms.Entry) -> Bool {
+        guard entry.binWidthLog2 != nil else { return false }
+        guard let k = binWidthLog2 else { return true }
+        let maxAbs = entry.maxAbs
+        if Histogram.requiredBinWidthLog2(forMaxAbs: maxAbs) > k { return true }
+        return Histogram.binIndex(ofMagnitude: maxAbs, binWidthLog2: k) + 1 > counts.count
+    }
+
+    /// `merge(_:bytes:)` fused with the check `EncodedHistograms(checkingCountSums: false)` left
+    /// out, and with overflow detection: one pass over the received counts adds them and sums them.
+    /// Returns nil when merged. Otherwise returns why, with the counts and statistics as before
+    /// *except* that the layout may have been widened (`layoutChanges(for:)`): the caller restores
+    /// a copy taken before in that case.
+    mutating func mergeChecking(_ entry: EncodedHistograms.Entry, bytes: UnsafeRawBufferPointer) -> String? {
+        if let why = statisticsOverflow(valueCount: entry.valueCount, zeroCount: entry.zeroCount, nan: entry.nanCount,
+                                        posInf: entry.positiveInfinityCount, negInf: entry.negativeInfinityCount) {
+            return why
+        }
+        if let otherK = entry.binWidthLog2 {
+            ensureLayout(forMaxAbs: entry.maxAbs)
+            // >= 0 (ensureLayout made self at least as coarse); >= 63 sends every bin j < 2^63 to bin 0,
+            // coarsen's collapse case.
+            let shift = UInt32(Swift.min(binWidthLog2! - otherK, 63))
+            let src = bytes.baseAddress! + entry.countsOffset
+            let n = entry.binCount
+            let width = Int32(entry.countWidth)
+            var overflow: Int32 = 0
+            let total = withMutableCounts { dst in
+                shc_add_coded_counts_checked(dst.baseAddress!, src, n, width, shift, &overflow)
+            }
+            if overflow != 0 || total != entry.valueCount {
+                withMutableCounts { dst in shc_sub_coded_counts(dst.baseAddress!, src, n, width, shift) }
+                return overflow != 0 ? "bin counts overflow UInt64 (merged or summed)"
+                    : "\(HistogramError.invalid("bins sum to \(total) but \(entry.valueCount) values are counted"))"
+            }
+        } else if entry.valueCount > 0, binWidthLog2 != nil {
+            // Zeros only; cannot overflow: bin 0 holds at most valueCount, checked above.
+            withMutableCounts { $0[0] &+= entry.valueCount }
+        }
+        addStatistics(valueCount: entry.valueCount, zeroCount: entry.zeroCount, nan: entry.nanCount,
+                      posInf: entry.positiveInfinityCount, negInf: entry.negativeInfinityCount,
+                      minimum: entry.minimum, maximum: entry.maximum)
+        return nil
+    }
+
+    /// Takes `entry`'s counts out again after `mergeChecking` added them, at the present layout
+    /// (exact whatever happened in between: coarsening sums bins, and so commutes with the
+    /// subtraction). The statistics are the caller's to restore (`restoreScalars`).
+    mutating func unmergeCounts(_ entry: EncodedHistograms.Entry, bytes: UnsafeRawBufferPointer) {
+        if let otherK = entry.binWidthLog2, let k = binWidthLog2 {
+            let shift = UInt32(Swift.min(k - otherK, 63))
+            withMutableCounts { dst in
+                shc_sub_coded_counts(dst.baseAddress!, bytes.baseAddress! + entry.countsOffset, entry.binCount,
+                                     Int32(entry.countWidth), shift)
+            }
+        } else if entry.valueCount > 0, binWidthLog2 != nil {
+            withMutableCounts { $0[0] &-= entry.valueCount }
+        }
     }
 }

@@ -218,6 +218,38 @@ public struct Histogram: Sendable, Equatable, Hashable {
                       minimum: other.minimum, maximum: other.maximum)
     }
 
+    /// Everything but the counts, for undoing a merge (`restoreScalars`).
+    struct Scalars {
+        var valueCount, zeroCount, nanCount, positiveInfinityCount, negativeInfinityCount: UInt64
+        var minimum, maximum: Float?
+    }
+
+    var scalars: Scalars {
+        Scalars(valueCount: valueCount, zeroCount: zeroCount, nanCount: nanCount,
+                positiveInfinityCount: positiveInfinityCount, negativeInfinityCount: negativeInfinityCount,
+                minimum: minimum, maximum: maximum)
+    }
+
+    mutating func restoreScalars(_ s: Scalars) {
+        valueCount = s.valueCount
+        zeroCount = s.zeroCount
+        nanCount = s.nanCount
+        positiveInfinityCount = s.positiveInfinityCount
+        negativeInfinityCount = s.negativeInfinityCount
+        minimum = s.minimum
+        maximum = s.maximum
+    }
+
+    /// Whether adding `count` more values, zeros, NaNs, +Inf and -Inf would exceed UInt64.
+    func statisticsOverflow(valueCount v: UInt64, zeroCount z: UInt64, nan: UInt64, posInf: UInt64, negInf: UInt64) -> String? {
+        if valueCount.addingReportingOverflow(v).overflow { return "value count \(valueCount) + \(v) overflows UInt64" }
+        if zeroCount.addingReportingOverflow(z).overflow { return "zero count \(zeroCount) + \(z) overflows UInt64" }
+        if nanCount.addingReportingOverflow(nan).overflow { return "NaN count \(nanCount) + \(nan) overflows UInt64" }
+        if positiveInfinityCount.addingReportingOverflow(posInf).overflow { return "+Inf count \(positiveInfinityCount) + \(posInf) overflows UInt64" }
+        if negativeInfinityCount.addingReportingOverflow(negInf).overflow { return "-Inf count \(negativeInfinityCount) + \(negInf) overflows UInt64" }
+        return nil
+    }
+
     /// The merge of two histograms.
     public func merged(with other: Histogram) -> Histogram {
         var copy = self

@@ -235,9 +235,17 @@ struct CoordinatorLoop {
     var resultsSinceCheckpoint = 0
     var samplesThisRun = 0
     let resumedShards: Int
-    /// Accepted results not yet added to `state`: merged together, tensor by tensor, at the end of
-    /// each drained batch and before any checkpoint or output.
-    var pendingMerges: [(shard: Int, histograms: EncodedHistograms)] = []
+    /// Results taken (the scheduler counts their shards as done) but not yet added to `state`:
+    /// merged together, tensor by tensor, at the end of each drained batch and before any
+    /// checkpoint or output. Their count sums are checked by that merge, in the same pass over the
+    /// counts, so they are acknowledged (or refused) only then.
+    var pendingMerges: [PendingMerge] = []
+
+    struct PendingMerge {
+        var result: ShardResult
+        var histograms: EncodedHistograms
+        var key: [UInt8]
+    }
 
     init(owner: Coordinator) throws {
         self.owner = owner
@@ -307,7 +315,11 @@ struct CoordinatorLoop {
         let tick = max(1, min(100, Int(cfg.heartbeatInterval * 1000 / 2)))
         while true {
             let now = monotonicSeconds()
-            if scheduler.isFinished { return try finish() }
+            if scheduler.isFinished {
+                // A pending result refused by the merge puts its shard back in the queue.
+                try flushMerges()
+                if scheduler.isFinished { return try finish() }
+            }
             if owner.isStopRequested { try stop(reason: "stop requested") }
             if let limit = cfg.runTimeout, now - startTime > limit { try stop(reason: "run timeout of \(limit) s reached") }
 
@@ -360,23 +372,46 @@ struct CoordinatorLoop {
                         // the worker is busy again while the rest of the batch is merged.
                         if case .success(let m) = message, m.returnsCredit { sendLeases(now: monotonicSeconds()) }
                     }
-                    flushMerges()
+                    try flushMerges()
                     if scheduler.isFinished { break }
                 }
             }
         }
     }
 
-    /// Adds the pending accepted results to the state.
-    mutating func flushMerges() {
+    /// Adds the pending results to the state, checking their count sums on the way; acknowledges
+    /// the merged ones and refuses the others (nothing of them is in the state).
+    mutating func flushMerges() throws {
         guard !pendingMerges.isEmpty else { return }
+        let batch = pendingMerges
+        pendingMerges.removeAll(keepingCapacity: true)
+        var refused: [Int: String] = [:]
         do {
-            try state.merge(encodedShards: pendingMerges)
+            refused = try state.mergeChecking(encodedShards: batch.map { ($0.result.shard, $0.histograms) })
         } catch {
             // The scheduler admits each shard once, so this cannot happen; keep the run safe anyway.
-            note("internal: state refused shards \(pendingMerges.map(\.shard)): \(error)", level: .error)
+            note("internal: state refused shards \(batch.map(\.result.shard)): \(error)", level: .error)
+            return
         }
-        pendingMerges.removeAll(keepingCapacity: true)
+        for (i, p) in batch.enumerated() where refused[i] == nil { merged(p.result, from: p.key) }
+        // After every acknowledgement: a refusal can stop the run.
+        for (i, p) in batch.enumerated() {
+            if let why = refused[i] { try refuseAfterMerge(p.result, from: p.key, why: why) }
+        }
+    }
+
+    /// Books a result that is in the state and acknowledges it.
+    mutating func merged(_ result: ShardResult, from key: [UInt8]) {
+        stats.resultsMerged += 1
+        samplesThisRun += result.sampleCount
+        resultsSinceCheckpoint += 1
+        send(.ack(Ack(shard: result.shard, duplicate: false)), to: key)
+    }
+
+    /// A result the scheduler had taken was refused by the merge: the shard is not done after all.
+    mutating func refuseAfterMerge(_ result: ShardResult, from key: [UInt8], why: String) throws {
+        scheduler.revoke(shard: result.shard, from: key, samples: result.sampleCount, computeSeconds: result.computeSeconds)
+        try reject(result, from: key, now: monotonicSeconds(), why: "RESULT for shard \(result.shard): \(why)")
     }
 
     /// Leases to workers with free credit.
@@ -403,7 +438,11 @@ struct CoordinatorLoop {
             guard r.frames.count >= 2 else { return .failure(.empty) }
             var large: [Int: Data] = [:]
             for (i, data) in r.large where i > 0 { large[i - 1] = data }
-            do { return .success(try WireCodec.decode(Array(r.frames.dropFirst()), large: large, limits: limits)) } catch {
+            // Count sums are left to the merge, which checks them in its one pass over the counts.
+            do {
+                return .success(try WireCodec.decode(Array(r.frames.dropFirst()), large: large, limits: limits,
+                                                     checkingCountSums: false))
+            } catch {
                 return .failure(error)
             }
         }
@@ -536,6 +575,14 @@ struct CoordinatorLoop {
 
     mutating func accept(_ result: ShardResult, from key: [UInt8], now: Double) throws {
         guard scheduler.everAdmitted.contains(key) else { return unknownWorker(key, "RESULT") }
+        var result = result
+        if let encoded = result.encoded, !encoded.countSumsChecked, !result.skipped.isEmpty {
+            // Rare path (skip-and-count) decodes the histograms: check the count sums first.
+            do { result = ShardResult(shard: result.shard, sampleCount: result.sampleCount, computeSeconds: result.computeSeconds,
+                                      encoded: try encoded.checkingCountSums(), skipped: result.skipped) } catch {
+                return try reject(result, from: key, now: now, why: "RESULT for shard \(result.shard): \(error)")
+            }
+        }
         // Every result must carry the same tensors as the ones merged before it; a shard whose
         // samples were all skipped (skip-and-count) carries none.
         let allSkipped = result.tensorCount == 0 && result.sampleCount > 0 && result.skipped.count == result.sampleCount
@@ -562,22 +609,24 @@ struct CoordinatorLoop {
                     try state.merge(shard: result.shard, tensors: result.tensors, skipped: result.skipped)
                     for s in result.skipped { note("shard \(result.shard) skipped \(s)", level: .warning) }
                 } else if let encoded = result.encoded, !state.tensorNames.isEmpty {
-                    // Merged with the rest of the batch (see flushMerges); the scheduler already
-                    // counts the shard as done, so a duplicate arriving meanwhile is still caught.
-                    pendingMerges.append((result.shard, encoded))
+                    // Merged with the rest of the batch, and acknowledged then (see flushMerges); the
+                    // scheduler already counts the shard as done, so a duplicate arriving meanwhile
+                    // is still caught.
+                    pendingMerges.append(PendingMerge(result: result, histograms: encoded, key: key))
+                    return
                 } else if let encoded = result.encoded {
-                    try state.merge(shard: result.shard, encoded: encoded)
+                    // The first result sets the tensor set the others are compared with: merged at once.
+                    if let why = try state.mergeChecking(encodedShards: [(result.shard, encoded)])[0] {
+                        return try refuseAfterMerge(result, from: key, why: why)
+                    }
                 } else {
                     try state.merge(shard: result.shard, tensors: result.tensors)
                 }
-            } catch {
+            } catch let error as StateError {
                 // The scheduler and the state agree on merged shards, so this cannot happen; keep the run safe anyway.
                 note("internal: state refused shard \(result.shard): \(error)", level: .error)
             }
-            stats.resultsMerged += 1
-            samplesThisRun += result.sampleCount
-            resultsSinceCheckpoint += 1
-            send(.ack(Ack(shard: result.shard, duplicate: false)), to: key)
+            merged(result, from: key)
         case .duplicate:
             stats.duplicates += 1
             note("duplicate result for shard \(result.shard) from \(name(of: key)): acknowledged and dropped", level: .info)
@@ -599,7 +648,7 @@ struct CoordinatorLoop {
     }
 
     mutating func checkpoint(reason: String) throws {
-        flushMerges()
+        try flushMerges()
         guard let path = cfg.checkpointPath else { return }
         do {
             try StateFile.write(state, to: path)
@@ -621,7 +670,7 @@ struct CoordinatorLoop {
     }
 
     mutating func finish() throws -> CoordinatorResult {
-        flushMerges()
+        try flushMerges()
         let now = monotonicSeconds()
         logger.info("all shards merged; searching thresholds", metadata: ["tensors": .stringConvertible(state.tensorNames.count)])
         broadcastDone(Done(outcome: "finished"))

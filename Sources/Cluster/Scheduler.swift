@@ -208,6 +208,18 @@ public struct Scheduler {
         return .merge
     }
 
+    /// Undoes `complete` for a result that was accepted but then refused by the merge (its counts
+    /// failed a check made while adding them): the shard is no longer done, and the caller records
+    /// the failure with `fail(shard:from:now:)`, which queues it again.
+    public mutating func revoke(shard: Int, from key: WorkerKey, samples: Int, computeSeconds: Double) {
+        guard done.remove(shard) != nil else { return }
+        if workers[key] != nil {
+            workers[key]!.done -= 1
+            workers[key]!.samplesDone -= samples
+            workers[key]!.computeSeconds -= computeSeconds
+        }
+    }
+
     /// Records a failure. Below `maxFailures` the shard goes back to the queue (preferring other workers).
     public mutating func fail(shard: Int, from key: WorkerKey, now: Double) -> FailureVerdict {
         guard shards[shard] != nil, !done.contains(shard) else { return .ignored }

@@ -147,22 +147,26 @@ public enum WireCodec {
     /// Decodes a message received with `ZMQSocket.receive(dontWait:largeFrameBytes:)`: frames kept
     /// in libzmq's buffers are in `large` (their slot in `frames` is empty). A RESULT's histogram
     /// payload is validated and kept where it is; any other large frame is copied in first.
-    public static func decode(_ frames: [[UInt8]], large: [Int: Data], limits: WireLimits = .default) throws(WireError) -> WireMessage {
-        if large.isEmpty { return try decode(frames, limits: limits) }
+    /// `checkingCountSums: false` leaves one check of a RESULT to the merge (see
+    /// `EncodedHistograms.countSumsChecked`): a coordinator checks it while adding the counts.
+    public static func decode(_ frames: [[UInt8]], large: [Int: Data], limits: WireLimits = .default,
+                              checkingCountSums: Bool = true) throws(WireError) -> WireMessage {
+        if large.isEmpty { return try decode(frames, limits: limits, resultPayload: nil, checkingCountSums: checkingCountSums) }
         var all = frames
         var payload: Data? = nil
         let isResult = large[0] == nil && large[1] == nil && (try? checkTag(frames)) == "RESULT"
         for (i, data) in large where i < all.count {
             if isResult && i == 3 { payload = data } else { all[i] = Array(data) }
         }
-        return try decode(all, limits: limits, resultPayload: payload)
+        return try decode(all, limits: limits, resultPayload: payload, checkingCountSums: checkingCountSums)
     }
 
     public static func decode(_ frames: [[UInt8]], limits: WireLimits = .default) throws(WireError) -> WireMessage {
         try decode(frames, limits: limits, resultPayload: nil)
     }
 
-    static func decode(_ frames: [[UInt8]], limits: WireLimits, resultPayload: Data?) throws(WireError) -> WireMessage {
+    static func decode(_ frames: [[UInt8]], limits: WireLimits, resultPayload: Data?,
+                       checkingCountSums: Bool = true) throws(WireError) -> WireMessage {
         let type = try checkTag(frames)
         func expectFrames(_ n: Int) throws(WireError) {
             if frames.count != n { throw .frameCount(type: type, expected: n, found: frames.count) }
@@ -219,7 +223,7 @@ public enum WireCodec {
                 throw .oversized(type: type, what: "histogram payload", bytes: payload.count, limit: limits.maxResultBytes)
             }
             let tensors: EncodedHistograms
-            do { tensors = try EncodedHistograms(validating: payload, count: h.tensor_count) } catch {
+            do { tensors = try EncodedHistograms(validating: payload, count: h.tensor_count, checkingCountSums: checkingCountSums) } catch {
                 throw .malformed(type: type, reason: error.description)
             }
             let skipped = h.skipped ?? []

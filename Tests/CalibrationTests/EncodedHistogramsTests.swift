@@ -1,3 +1,4 @@
+import CHistogramKernel
 import Foundation
 import Testing
 @testable import Calibration
@@ -120,6 +121,148 @@ private func histogram(_ values: [Float]) -> Histogram {
         }
         for cut in 0..<bytes.count {
             #expect(throws: DecodingError.self) { try EncodedHistograms(validating: Array(bytes.prefix(cut)), count: 2) }
+        }
+    }
+
+    /// The coordinator's path: payloads parsed without their count sums, checked by the merge's own
+    /// pass. Any mix of good shards and shards whose counts are off (in the last tensor, the one a
+    /// tensor-by-tensor merge reaches last; some also widening a layout the good ones do not need)
+    /// gives exactly the state of merging only the good ones; each bad one is named with its tensor.
+    @Test(arguments: 0..<16)
+    func mergeCheckingRefusesLateCorruptionAndKeepsNothingOfIt(seed: Int) throws {
+        var rng = SeededGenerator(seed: UInt64(seed) + 9100)
+        let names = ["a", "b", "c", "d"]
+        var state = CalibrationState(toolVersion: "x", modelDigest: "m", configDigest: "c")
+        var reference = state
+        var nextShard = 0
+        // Start from a state that already holds something (or nothing, for some seeds).
+        if seed % 4 != 0 {
+            let tensors = names.map { NamedHistogram(name: $0, histogram: histogram(randomValues(500, rng: &rng))) }
+            try state.merge(shard: nextShard, tensors: tensors)
+            try reference.merge(shard: nextShard, tensors: tensors)
+            nextShard += 1
+        }
+        for _ in 0..<3 {
+            var batch: [(shard: Int, histograms: EncodedHistograms)] = []
+            var good: [(Int, [NamedHistogram])] = []
+            var bad: Set<Int> = []
+            for slot in 0..<(1 + Int.random(in: 0...4, using: &rng)) {
+                let scale = Float(sign: .plus, exponent: Int.random(in: -3...3, using: &rng), significand: 1)
+                var tensors = names.map { NamedHistogram(name: $0, histogram: histogram(randomValues(800, rng: &rng).map { $0 * scale })) }
+                let corrupt = Int.random(in: 0...2, using: &rng) == 0
+                if corrupt && Bool.random(using: &rng) {
+                    // Widen every layout too (max|x| far beyond the others), so undoing needs the copies.
+                    tensors = tensors.map { NamedHistogram(name: $0.name, histogram: histogram(randomValues(800, rng: &rng).map { $0 * 4096 })) }
+                }
+                if slot > 0 && Bool.random(using: &rng) { tensors.reverse() }  // another tensor order
+                var bytes = payload(tensors)
+                if corrupt {
+                    bytes[bytes.count - 1] &+= 0x80  // the most significant byte of the last tensor's last count
+                    bad.insert(batch.count)
+                } else {
+                    good.append((nextShard, tensors))
+                }
+                let encoded = try EncodedHistograms(validating: bytes, count: tensors.count, checkingCountSums: false)
+                #expect(!encoded.countSumsChecked)
+                #expect(throws: DecodingError.self, "a corrupted payload is refused when its sums are checked on their own") {
+                    if corrupt { _ = try encoded.checkingCountSums() } else { throw DecodingError.invalid("fine") }
+                }
+                batch.append((nextShard, encoded))
+                nextShard += 1
+            }
+            let refused = try state.mergeChecking(encodedShards: batch)
+            #expect(Set(refused.keys) == bad)
+            for (_, why) in refused {
+                #expect(why.hasPrefix("tensor "), "\(why)")
+                #expect(why.contains("bins sum to"), "\(why)")
+            }
+            for (shard, tensors) in good { try reference.merge(shard: shard, tensors: tensors) }
+            #expect(state == reference, "seed \(seed)")
+        }
+    }
+
+    /// Counts that would exceed UInt64 are refused, whether in the merged state or inside one
+    /// payload whose 8-byte counts sum past 2^64 (a modular check would have taken them).
+    @Test func mergeCheckingRefusesOverflow() throws {
+        // max|x| = 1: bin width 2^-11, 2049 bins.
+        var nearCounts = [UInt64](repeating: 0, count: 2049)
+        nearCounts[0] = UInt64.max - 10
+        nearCounts[2048] = 1
+        let near = try Histogram(binWidthLog2: -11, counts: nearCounts, valueCount: UInt64.max - 9, zeroCount: 0,
+                                 nanCount: 0, positiveInfinityCount: 0, negativeInfinityCount: 0, minimum: 1, maximum: 1)
+        var state = CalibrationState(toolVersion: "x", modelDigest: "m", configDigest: "c")
+        try state.merge(shard: 0, tensors: [NamedHistogram(name: "t", histogram: near)])
+        let before = state
+        let more = histogram((0..<20).map { _ in 0.0001 })
+        let e1 = try EncodedHistograms(validating: payload([NamedHistogram(name: "t", histogram: more)]), count: 1, checkingCountSums: false)
+        let r1 = try state.mergeChecking(encodedShards: [(1, e1)])
+        #expect(r1[0]?.contains("overflows UInt64") == true, "\(r1)")
+        #expect(state == before)
+
+        // Counts 2^63, 2^63, 1 "sum" to 1 modulo 2^64: equal to the value count of 1.
+        var wrappedCounts = [UInt64](repeating: 0, count: 2049)
+        wrappedCounts[0] = 1 << 63
+        wrappedCounts[1] = 1 << 63
+        wrappedCounts[2048] = 1
+        let wrapped = try Histogram(binWidthLog2: -11, counts: wrappedCounts, valueCount: 1, zeroCount: 0,
+                                    nanCount: 0, positiveInfinityCount: 0, negativeInfinityCount: 0, minimum: 1, maximum: 1)
+        let e2 = try EncodedHistograms(validating: payload([NamedHistogram(name: "t", histogram: wrapped)]), count: 1, checkingCountSums: false)
+        var fresh = CalibrationState(toolVersion: "x", modelDigest: "m", configDigest: "c")
+        let r2 = try fresh.mergeChecking(encodedShards: [(5, e2)])
+        #expect(r2[0]?.contains("overflow") == true, "\(r2)")
+        #expect(fresh.tensorNames.isEmpty && fresh.shards.isEmpty && fresh.histograms.isEmpty)
+        // Shards refused are not in the state; a shard already in still throws, changing nothing.
+        #expect(throws: StateError.shardAlreadyMerged([0])) { try state.mergeChecking(encodedShards: [(0, e1)]) }
+    }
+
+    /// The fused kernel against a plain reference: the sum, the added values, and a carry out of
+    /// any element (near 2^64, every width, shifted or not) are all reported; a subtraction undoes it.
+    @Test func checkedAddKernelDetectsEveryOverflow() {
+        var rng = SeededGenerator(seed: 77)
+        for width in [1, 2, 4, 8] {
+            for shift: UInt32 in [0, 0, 1, 5, 63] {
+                for trial in 0..<40 {
+                    let n = Int.random(in: 1...300, using: &rng)
+                    let maxCount: UInt64 = width == 8 ? .max : (1 << UInt64(8 * width)) - 1
+                    let src: [UInt64] = (0..<n).map { _ in
+                        trial % 4 == 0 ? maxCount - UInt64.random(in: 0...3, using: &rng) : UInt64.random(in: 0...maxCount, using: &rng)
+                    }
+                    let bins = shift >= 63 ? 1 : ((n - 1) >> Int(shift)) + 1
+                    let dst0: [UInt64] = (0..<bins).map { _ in
+                        switch trial % 3 {
+                        case 0: return UInt64.random(in: 0...(1 << 40), using: &rng)
+                        case 1: return UInt64.max - UInt64.random(in: 0...(maxCount == .max ? 1 << 40 : maxCount * 2), using: &rng)
+                        default: return UInt64.random(in: (1 << 63)...(.max - (1 << 33)), using: &rng)
+                        }
+                    }
+                    var bytes: [UInt8] = []
+                    for v in src { for b in 0..<width { bytes.append(UInt8(truncatingIfNeeded: v >> UInt64(8 * b))) } }
+                    // Reference: exact arithmetic with carries.
+                    var expected = dst0
+                    var carry = false
+                    var sum: UInt64 = 0
+                    for (j, v) in src.enumerated() {
+                        let i = shift >= 63 ? 0 : j >> Int(shift)
+                        let (d, o) = expected[i].addingReportingOverflow(v)
+                        expected[i] = d
+                        let (s2, o2) = sum.addingReportingOverflow(v)
+                        sum = s2
+                        carry = carry || o || o2
+                    }
+                    var dst = dst0
+                    var overflow: Int32 = 0
+                    let total = dst.withUnsafeMutableBufferPointer { d in
+                        bytes.withUnsafeBytes { shc_add_coded_counts_checked(d.baseAddress!, $0.baseAddress!, n, Int32(width), shift, &overflow) }
+                    }
+                    #expect(dst == expected, "width \(width) shift \(shift) trial \(trial)")
+                    #expect((overflow != 0) == carry, "width \(width) shift \(shift) trial \(trial)")
+                    if !carry { #expect(total == sum) }
+                    dst.withUnsafeMutableBufferPointer { d in
+                        bytes.withUnsafeBytes { shc_sub_coded_counts(d.baseAddress!, $0.baseAddress!, n, Int32(width), shift) }
+                    }
+                    #expect(dst == dst0)
+                }
+            }
         }
     }
 

@@ -119,6 +119,54 @@ struct ClusterRunTests {
         #expect(acks.first(where: \.duplicate)?.shard == acks.first?.shard)
     }
 
+    @Test("a result whose last counts do not sum to its value count is refused by the merge, nothing of it kept; the retry merges")
+    func countSumCheckedByTheMerge() throws {
+        let ctx = try ZMQContext()
+        defer { ctx.terminate() }
+        let (coordinator, endpoint, _) = try startCoordinator(makeCoordinatorConfig(sampleCount: Self.samples, shardSize: Self.shardSize), context: ctx)
+        let peer = try RawPeer(context: ctx, endpoint: endpoint, id: "hand-driven")
+        try peer.send(.hello(Hello(toolVersion: "0.1.0-test", workerID: "hand-driven")))
+        guard case .job? = try peer.next() else { Issue.record("expected JOB"); return }
+        try peer.send(.ready(Ready(credits: 1, modelDigest: testDigest)))
+        var leases = 0
+        var corrupted: Int? = nil
+        var errors: [ErrorReport] = []
+        var acked: [Int] = []
+        loop: for _ in 0..<200 {
+            guard let m = try peer.next() else { break }
+            switch m {
+            case .lease(let lease):
+                leases += 1
+                let tensors = FakeModel.histograms(lease.indices)
+                var payload = WireCodec.encodeTensors(tensors)
+                if leases == 3 {
+                    // The last count of the last tensor with bins ("all_zero" after it has none), one
+                    // more: only the count sum is wrong, and it is the last count a merge reaches.
+                    let end = WireCodec.encodeTensors(Array(tensors.prefix(4))).count
+                    payload[end - 1] &+= 1
+                    corrupted = lease.shard
+                }
+                let header = #"{"compute_seconds":0,"sample_count":\#(lease.indices.count),"shard":\#(lease.shard),"tensor_count":\#(tensors.count)}"#
+                try peer.sendRaw([WireCodec.tag, Array("RESULT".utf8), Array(header.utf8), payload])
+            case .ack(let a): acked.append(a.shard)
+            case .error(let e): errors.append(e)
+            case .done: break loop
+            default: break
+            }
+        }
+        peer.close()
+        let result = try coordinator.wait()
+        expectMatchesOracle(result)
+        #expect(result.stats.malformed == 1)
+        #expect(errors.count == 1)
+        #expect(errors.first?.code == "malformed")
+        #expect(errors.first?.reason.contains("shard \(corrupted ?? -1)") == true, "\(errors)")
+        #expect(errors.first?.reason.contains("bins sum to") == true, "\(errors)")
+        // Acknowledged once, after the retry merged.
+        #expect(acked.filter { $0 == corrupted }.count == 1)
+        #expect(Set(acked).count == 16)
+    }
+
     @Test("a worker with another model digest is refused with both digests named; the run completes")
     func wrongModelRefused() throws {
         let ctx = try ZMQContext()

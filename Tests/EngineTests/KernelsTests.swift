@@ -641,3 +641,132 @@ struct KernelsPointwiseTests {
         }
     }
 }
+
+@Suite("Kernels: flat depthwise (AVX-512)")
+struct KernelsDepthwiseFlatTests {
+    /// Runs the AVX-512 depthwise conv with the given kernel; `clip`: nil, separate output or in place.
+    static func run(_ x: [Float], _ w: [Float], _ b: [Float]?, _ g: Conv2DGeometry, kernel: Kernels.DepthwiseAVX512Kernel,
+                    threads: Int, clip: (min: Float, max: Float, inPlace: Bool)? = nil) -> (y: [Float], clipped: [Float]) {
+        let count = g.batch * g.outChannels * g.outHeight * g.outWidth
+        var y = [Float](repeating: .nan, count: count), c = y
+        let bias = b ?? []
+        x.withUnsafeBufferPointer { xp in
+            w.withUnsafeBufferPointer { wp in
+                bias.withUnsafeBufferPointer { bp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        c.withUnsafeMutableBufferPointer { cp in
+                            let fused = clip.map { FusedClip(output: $0.inPlace ? yp.baseAddress! : cp.baseAddress!, min: $0.min, max: $0.max) }
+                            Kernels.depthwiseConv2d(input: xp.baseAddress!, weight: wp.baseAddress!, bias: b == nil ? nil : bp.baseAddress,
+                                                    output: yp.baseAddress!, geometry: g, scratch: KernelScratch(), threads: threads,
+                                                    isa: .avx512, fusedClip: fused, avx512Kernel: kernel)
+                        }
+                    }
+                }
+            }
+        }
+        return (y, c)
+    }
+
+    /// Stride-1 shapes with outW == inW (the flat kernel's domain): widths 1…20, heights 1…12,
+    /// kernels up to 5×7, dilation 1–2, asymmetric pads (outH may differ from inH), channel counts
+    /// that are not multiples of the 16-plane block, with and without bias. The flat kernel must match
+    /// the reference within rounding and the direct kernel exactly (same FMA sequence per element).
+    @Test func flatMatchesReferenceAndDirect() {
+        guard Kernels.VectorISA.avx512.isSupported else { return }
+        var rng = KernelTestRNG(seed: 91)
+        var checked = 0, differentHeight = 0
+        for W in 1...20 {
+            for _ in 0..<4 {
+                let kh = rng.int(1...5), kw = rng.int(1...7), dh = rng.int(1...2), dw = rng.int(1...2)
+                let spanW = (kw - 1) * dw
+                let pl = rng.int(0...spanW), pr = spanW - pl
+                let H = rng.int(1...12)
+                let pt = rng.int(0...(kh - 1) * dh), pb = rng.int(0...(kh - 1) * dh)
+                let C = [1, 3, 5, 16, 17, 33][rng.int(0...5)]
+                let g = Conv2DGeometry(batch: rng.int(1...3), inChannels: C, inHeight: H, inWidth: W, outChannels: C,
+                                       kernelHeight: kh, kernelWidth: kw, strideH: 1, strideW: 1, dilationH: dh, dilationW: dw,
+                                       padTop: pt, padLeft: pl, padBottom: pb, padRight: pr, group: C)
+                if g.outHeight <= 0 { continue }
+                #expect(g.outWidth == W)
+                if g.outHeight != H { differentHeight += 1 }
+                let x = rng.floats(g.batch * C * H * W), w = rng.floats(C * kh * kw)
+                let b: [Float]? = rng.int(0...3) == 0 ? nil : rng.floats(C)
+                let ref = referenceConv(x, w, b, g)
+                let flat = Self.run(x, w, b, g, kernel: .flat, threads: 1).y
+                let direct = Self.run(x, w, b, g, kernel: .direct, threads: 1).y
+                #expect(kernelMaxAbsDiff(flat, ref) <= 2e-6 * Float(kh * kw) + 1e-6, "\(g)")
+                #expect(flat == direct, "flat vs direct: \(g)")
+                #expect(Self.run(x, w, b, g, kernel: .flat, threads: 2).y == flat, "threads: \(g)")
+                checked += 1
+            }
+        }
+        #expect(checked >= 60 && differentHeight >= 10, "checked \(checked), outH != inH \(differentHeight)")
+    }
+
+    /// Strides 2 (phase-split copy) and 1 with outW != inW, where the flat kernel declines some shapes
+    /// (a phase wider than the output) and the direct kernel runs instead: results must still match.
+    @Test func flatStridedMatchesReferenceAndDirect() {
+        guard Kernels.VectorISA.avx512.isSupported else { return }
+        var rng = KernelTestRNG(seed: 94)
+        var checked = 0
+        for W in 1...20 {
+            for _ in 0..<4 {
+                let kh = rng.int(1...5), kw = rng.int(1...5), dh = rng.int(1...2), dw = rng.int(1...2)
+                let sh = rng.int(1...2), sw = rng.int(0...3) == 0 ? 1 : 2
+                let H = rng.int(1...13)
+                let pt = rng.int(0...3), pb = rng.int(0...3), pl = rng.int(0...3), pr = rng.int(0...3)
+                let C = [1, 2, 5, 16, 17][rng.int(0...4)]
+                let g = Conv2DGeometry(batch: rng.int(1...2), inChannels: C, inHeight: H, inWidth: W, outChannels: C,
+                                       kernelHeight: kh, kernelWidth: kw, strideH: sh, strideW: sw, dilationH: dh, dilationW: dw,
+                                       padTop: pt, padLeft: pl, padBottom: pb, padRight: pr, group: C)
+                if g.outHeight <= 0 || g.outWidth <= 0 { continue }
+                let x = rng.floats(g.batch * C * H * W), w = rng.floats(C * kh * kw)
+                let b: [Float]? = rng.int(0...3) == 0 ? nil : rng.floats(C)
+                let ref = referenceConv(x, w, b, g)
+                let flat = Self.run(x, w, b, g, kernel: .flat, threads: 1).y
+                #expect(kernelMaxAbsDiff(flat, ref) <= 2e-6 * Float(kh * kw) + 1e-6, "\(g)")
+                #expect(flat == Self.run(x, w, b, g, kernel: .direct, threads: 1).y, "flat vs direct: \(g)")
+                #expect(Self.run(x, w, b, g, kernel: .flat, threads: 2).y == flat, "threads: \(g)")
+                let clipped = Self.run(x, w, b, g, kernel: .flat, threads: 1, clip: (-0.5, 0.5, false))
+                #expect(clipped.y == flat && clipped.clipped == flat.map { $0 < -0.5 ? -0.5 : ($0 > 0.5 ? 0.5 : $0) }, "clip: \(g)")
+                checked += 1
+            }
+        }
+        #expect(checked >= 60, "checked \(checked)")
+    }
+
+    /// The clip fused into the flat kernel's store: separate output (y and clip(y)) and in place.
+    @Test func flatFusedClip() {
+        guard Kernels.VectorISA.avx512.isSupported else { return }
+        var rng = KernelTestRNG(seed: 92)
+        for (H, W, k, C, s) in [(7, 7, 5, 19, 1), (14, 14, 3, 5, 1), (3, 13, 3, 2, 1), (9, 1, 3, 4, 1), (5, 17, 5, 18, 1),
+                                (14, 14, 5, 17, 2), (11, 9, 3, 3, 2)] {
+            let g = Conv2DGeometry(batch: 2, inChannels: C, inHeight: H, inWidth: W, outChannels: C, kernelHeight: k, kernelWidth: k,
+                                   strideH: s, strideW: s, padTop: k / 2, padLeft: k / 2, padBottom: k / 2, padRight: k / 2, group: C)
+            let x = rng.floats(g.batch * C * H * W).map { $0 * 4 }, w = rng.floats(C * k * k), b = rng.floats(C)
+            let plain = Self.run(x, w, b, g, kernel: .flat, threads: 1).y
+            let expected = plain.map { $0 < 0 ? 0 : ($0 > 1.5 ? 1.5 : $0) }
+            #expect(expected.contains(0) && expected.contains(1.5), "test data should hit both bounds")
+            let both = Self.run(x, w, b, g, kernel: .flat, threads: 2, clip: (0, 1.5, false))
+            #expect(both.y == plain, "\(g)")
+            #expect(both.clipped == expected, "\(g)")
+            #expect(Self.run(x, w, b, g, kernel: .flat, threads: 1, clip: (0, 1.5, true)).y == expected, "\(g) in place")
+        }
+    }
+
+    /// The automatic choice runs the flat kernel on narrow planes and gives the same result as forcing it.
+    @Test func automaticChoiceMatchesForcedKernel() {
+        guard Kernels.VectorISA.avx512.isSupported else { return }
+        var rng = KernelTestRNG(seed: 93)
+        for (H, W, k, s) in [(7, 7, 5, 1), (14, 14, 5, 1), (28, 28, 3, 1), (56, 56, 3, 1), (14, 14, 5, 2), (28, 28, 3, 2)] {
+            let C = 20
+            let g = Conv2DGeometry(batch: 1, inChannels: C, inHeight: H, inWidth: W, outChannels: C, kernelHeight: k, kernelWidth: k,
+                                   strideH: s, strideW: s, padTop: k / 2, padLeft: k / 2, padBottom: k / 2, padRight: k / 2, group: C)
+            let x = rng.floats(C * H * W), w = rng.floats(C * k * k), b = rng.floats(C)
+            let auto = Self.run(x, w, b, g, kernel: .auto, threads: 1).y
+            let flat = Self.run(x, w, b, g, kernel: .flat, threads: 1).y
+            #expect(auto == flat, "\(g)")
+            #expect(kernelMaxAbsDiff(auto, referenceConv(x, w, b, g)) <= 2e-6 * Float(k * k) + 1e-6, "\(g)")
+        }
+    }
+}

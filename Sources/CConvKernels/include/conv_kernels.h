@@ -19,6 +19,25 @@ void shardcal_dw_plane_avx512(const float *pad, float *dst, const float *w, floa
                               const long *offsets, long taps, long oh, long ow,
                               long vecsPerRow, long rowStep);
 
+/* Depthwise conv of `planes` consecutive planes (weights kh·kw per plane, bias[q] or 0 when NULL),
+ * output vectors of 16 consecutive pixels running across row ends. Stride 1 with ow == W reads the
+ * input directly; other strides first split each plane into sh·sw phases (rows ow floats apart) in
+ * `scratch` (shardcal_dw_flat_scratch_floats floats), so that every tap is a fixed offset from the
+ * output pixel. Masked loads zero the taps in the padding. Per output element: acc = bias, then one
+ * FMA per tap in (i, j) order. Returns 0 (nothing done) when the shape is outside the kernel's
+ * domain (stride 1 with ow != W, a phase wider than ow, kh or kw > 32, 32-bit lane overflow).
+ * clip_out as in shardcal_dw_direct_avx512, relative to dst. */
+int shardcal_dw_flat_avx512(const float *src, float *dst, const float *w, const float *bias, long planes,
+                            long H, long W, long oh, long ow, long kh, long kw, long sh, long sw,
+                            long dh, long dw, long pt, long pl, float *scratch,
+                            float *clip_out, float lo, float hi);
+
+/* Scratch floats shardcal_dw_flat_avx512 needs for `planes` planes (0 for stride 1). */
+long shardcal_dw_flat_scratch_floats(long planes, long H, long W, long oh, long ow, long sh, long sw);
+
+/* Whether shardcal_dw_flat_avx512 is the faster kernel for this shape (depends on the shape only). */
+int shardcal_dw_flat_preferred(long H, long W, long kh, long kw, long sh, long sw);
+
 /* Same with AVX2 + FMA, 8-column tiles. */
 void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float bias,
                             const long *offsets, long taps, long oh, long ow,

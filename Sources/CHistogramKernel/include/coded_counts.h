@@ -15,4 +15,15 @@ uint64_t shc_sum_coded_counts(const uint8_t *src, size_t n, int width);
 /* dst[j >> shift] += count j, for j in 0..<n (shift 0: a plain element-wise add). shift < 64. */
 void shc_add_coded_counts(uint64_t *dst, const uint8_t *src, size_t n, int width, unsigned shift);
 
+/* The coordinator's one pass over a received tensor: dst[j >> shift] += count j like
+ * shc_add_coded_counts, and returns the exact sum of the n counts (what validation compares with
+ * the value count). Sets *overflow to 1 if that sum or any dst element exceeded 2^64 - 1 (the
+ * wrapped values are then in dst; shc_sub_coded_counts with the same arguments restores it
+ * exactly); leaves it untouched otherwise. shift < 64. */
+uint64_t shc_add_coded_counts_checked(uint64_t *dst, const uint8_t *src, size_t n, int width, unsigned shift,
+                                      int *overflow);
+
+/* dst[j >> shift] -= count j (mod 2^64): undoes shc_add_coded_counts(_checked). shift < 64. */
+void shc_sub_coded_counts(uint64_t *dst, const uint8_t *src, size_t n, int width, unsigned shift);
+
 #endif

@@ -13,7 +13,10 @@
 // loop runs in a small C kernel (Sources/CConvKernels) instead: same tap order,
 // 16 or 8 lanes, fused multiply-add (so within rounding of the reference, not bit-equal). With
 // AVX-512 and column stride 1 or 2 the C kernel reads the input directly with masked loads (no
-// staging copy); otherwise it uses the padded phase-split copy.
+// staging copy); otherwise it uses the padded phase-split copy. On most such shapes (stride 1, and
+// stride 2 with 5×5 kernels; shardcal_dw_flat_preferred) the "flat" AVX-512 kernel runs instead:
+// 16 consecutive output pixels per vector across row ends, 8 accumulators per tile (same FMA
+// sequence per element as the direct kernel, so bit-identical to it).
 // The choice depends only on the CPU, never on the thread count.
 
 import CConvKernels
@@ -81,11 +84,20 @@ extension Kernels {
     public static func depthwiseConv2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                        output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry,
                                        scratch: KernelScratch, threads: Int, isa: VectorISA = .best,
-                                       fusedClip: FusedClip? = nil) {
+                                       fusedClip: FusedClip? = nil, avx512Kernel: DepthwiseAVX512Kernel = .auto) {
         precondition(g.group == g.inChannels && g.outChannels == g.inChannels, "depthwiseConv2d: not a depthwise geometry")
         precondition(isa.isSupported, "depthwiseConv2d: \(isa) not supported by this CPU")
         if g.batch <= 0 || g.inChannels == 0 || g.outHeight <= 0 || g.outWidth <= 0 { return }
         #if arch(x86_64)
+        // The flat kernel falls back to the direct one (below) on shapes outside its domain, so only
+        // shapes the direct kernel supports go there.
+        if isa == .avx512 && (g.strideW == 1 || g.strideW == 2) && g.kernelWidth <= 16 && avx512Kernel != .direct
+            && (avx512Kernel == .flat
+                || shardcal_dw_flat_preferred(g.inHeight, g.inWidth, g.kernelHeight, g.kernelWidth, g.strideH, g.strideW) != 0) {
+            depthwiseFlatAVX512(input: input, weight: weight, bias: bias, output: output, geometry: g, scratch: scratch,
+                                threads: threads, fusedClip: fusedClip)
+            return
+        }
         if isa == .avx512 && (g.strideW == 1 || g.strideW == 2) && g.kernelWidth <= 16 {
             // No staging copy: masked loads straight from the input plane.
             let C = g.inChannels
@@ -142,6 +154,42 @@ extension Kernels {
             }
         }
     }
+
+    /// Which AVX-512 depthwise kernel runs (tests force one; `.auto` chooses from the shape alone).
+    public enum DepthwiseAVX512Kernel: Sendable { case auto, direct, flat }
+
+    #if arch(x86_64)
+    /// `shardcal_dw_flat_avx512` on blocks of 16 channels of one image (each plane's result does not
+    /// depend on the block it is computed in); the direct kernel where the flat one declines the shape.
+    static func depthwiseFlatAVX512(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                    output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry, scratch: KernelScratch,
+                                    threads: Int, fusedClip: FusedClip?) {
+        let C = g.inChannels, block = 16
+        let blocks = (C + block - 1) / block
+        let inPlane = g.inHeight * g.inWidth, outPlane = g.outHeight * g.outWidth, taps = g.kernelHeight * g.kernelWidth
+        let tasks = g.batch * blocks
+        let workers = min(max(1, threads), tasks)
+        let perWorker = shardcal_dw_flat_scratch_floats(block, g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.strideH, g.strideW)
+        let buf = scratch.reserve(max(1, perWorker * workers))
+        parallelTasksWithWorker(tasks, threads: workers) { t, worker in
+            let n = t / blocks, c0 = (t % blocks) * block, count = min(block, C - c0)
+            let p0 = n * C + c0
+            let done = shardcal_dw_flat_avx512(input + p0 * inPlane, output + p0 * outPlane, weight + c0 * taps, bias.map { $0 + c0 },
+                                               count, g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
+                                               g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft,
+                                               buf + worker * perWorker,
+                                               fusedClip.map { $0.output + p0 * outPlane }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
+            if done != 0 { return }
+            for q in 0..<count {
+                let p = p0 + q, c = c0 + q
+                _ = shardcal_dw_direct_avx512(input + p * inPlane, output + p * outPlane, weight + c * taps, bias?[c] ?? 0,
+                                              g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
+                                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft,
+                                              fusedClip.map { $0.output + p * outPlane }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
+            }
+        }
+    }
+    #endif
 
     /// Copies one input plane into the zero-padded, phase-split scratch layout.
     @inline(__always)
