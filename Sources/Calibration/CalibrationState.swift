@@ -15,6 +15,7 @@ public enum StateError: Error, Equatable, CustomStringConvertible {
     case shardAlreadyMerged([Int])
     case modelDigestMismatch(expected: String, found: String)
     case configDigestMismatch(expected: String, found: String)
+    case resultRefused(shard: Int, reason: String)
 
     public var description: String {
         switch self {
@@ -25,6 +26,8 @@ public enum StateError: Error, Equatable, CustomStringConvertible {
             return "model digest mismatch: state has \(expected), other has \(found)"
         case let .configDigestMismatch(expected, found):
             return "config digest mismatch: state has \(expected), other has \(found)"
+        case let .resultRefused(shard, reason):
+            return "shard \(shard) refused: \(reason)"
         }
     }
 }
@@ -113,58 +116,22 @@ public struct CalibrationState: Sendable, Equatable {
         }
     }
 
-    /// Merges one shard's histograms straight from their validated coding: the same state, bit for
-    /// bit, as `merge(shard:tensors: encoded.decoded())`, without materialising the counts.
-    /// Throws (and changes nothing) if the shard is already in.
+    /// Merges one shard's histograms straight from their coding: the same state, bit for bit, as
+    /// `merge(shard:tensors: encoded.decoded())`, without materialising the counts. Throws (and
+    /// changes nothing) if the shard is already in, or if its counts do not sum to its value counts
+    /// or would exceed UInt64 (`mergeChecking`).
     public mutating func merge(shard: Int, encoded: EncodedHistograms) throws(StateError) {
-        try merge(encodedShards: [(shard, encoded)])
-    }
-
-    /// Merges several shards at once, straight from their coding, tensor by tensor: each tensor's
-    /// merged counts stay in cache while every shard's counts for it are added, instead of the
-    /// whole state (tensors × bins × 8 bytes) streaming through memory once per shard. Same state,
-    /// bit for bit, as merging the shards one after the other. Throws (and changes nothing) if any
-    /// shard is already in or listed twice.
-    public mutating func merge(encodedShards: [(shard: Int, histograms: EncodedHistograms)]) throws(StateError) {
-        var incoming = Set<Int>()
-        var again: [Int] = []
-        for (shard, _) in encodedShards where shards.contains(shard) || !incoming.insert(shard).inserted { again.append(shard) }
-        if !again.isEmpty { throw .shardAlreadyMerged(again.sorted()) }
-        guard let first = encodedShards.first?.histograms else { return }
-        shards.formUnion(incoming)
-        // Tensor order as sequential merges would give: first-seen order across the shards.
-        var order: [String] = []
-        var known = Set(tensorNames)
-        for (_, h) in encodedShards { for name in h.names where known.insert(name).inserted { order.append(name) } }
-        let firstNames = first.names
-        let firstIndex = Dictionary(firstNames.enumerated().map { ($0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
-        // Where each tensor sits in each shard (nil: in the same place as in the first shard, the usual case).
-        let lookups: [[String: Int]?] = encodedShards.map { entry in
-            entry.histograms.names == firstNames ? nil
-                : Dictionary(entry.histograms.names.enumerated().map { ($0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
-        }
-        tensorNames += order
-        let present = Set(encodedShards.flatMap { $0.histograms.names })
-        for name in tensorNames where present.contains(name) {
-            var merged: Histogram? = histograms.removeValue(forKey: name)
-            for (r, (_, h)) in encodedShards.enumerated() {
-                let index: Int?
-                if let lookup = lookups[r] { index = lookup[name] } else { index = firstIndex[name] }
-                guard let i = index else { continue }
-                if merged == nil {
-                    merged = h.histogram(at: i)
-                } else {
-                    h.bytes.withUnsafeBytes { merged!.merge(h.entries[i], bytes: $0) }
-                }
-            }
-            histograms[name] = merged
+        if let why = try mergeChecking(encodedShards: [(shard, encoded)])[0] {
+            throw .resultRefused(shard: shard, reason: why)
         }
     }
 
-    /// The coordinator's merge: like `merge(encodedShards:)` (tensor by tensor, the same state bit
-    /// for bit), but it also checks what `EncodedHistograms(checkingCountSums: false)` left out,
-    /// while it adds the counts (one pass over them), and refuses any count that would exceed
-    /// UInt64. Returns the shards it refused, by index into `encodedShards`, with the reason; none of
+    /// The coordinator's merge of several shards at once, straight from their coding and tensor by
+    /// tensor: each tensor's merged counts stay in cache while every shard's counts for it are
+    /// added, instead of the whole state (tensors × bins × 8 bytes) streaming through memory once
+    /// per shard; the same state, bit for bit, as merging the shards one after the other. It also
+    /// checks what `EncodedHistograms(checkingCountSums: false)` left out, while it adds the counts
+    /// (one pass over them), and refuses any count that would exceed UInt64. Returns the shards it refused, by index into `encodedShards`, with the reason; none of
     /// them leaves a trace in the state (a tensor whose layout they would widen is restored from a
     /// copy, the others have the counts taken out again), and the rest are merged. Throws (and
     /// changes nothing) if any shard is already in or listed twice.

@@ -217,35 +217,6 @@ public struct EncodedHistograms: Sendable {
 }
 
 extension Histogram {
-    /// Adds histogram `entry` of a validated `EncodedHistograms` (whose bytes are `bytes`) into this
-    /// one, reading its counts in place. Same result, bit for bit, as `merge(_:)` with the decoded
-    /// histogram: the layout is widened by `ensureLayout` exactly as there, and a finer source is
-    /// coarsened on the fly by summing its bins `j` into `j >> shift`, the same sums `coarsen` makes.
-    mutating func merge(_ entry: EncodedHistograms.Entry, bytes: UnsafeRawBufferPointer) {
-        if let otherK = entry.binWidthLog2 {
-            ensureLayout(forMaxAbs: entry.maxAbs)
-            let shift = binWidthLog2! - otherK // >= 0: ensureLayout made self at least as coarse
-            let src = bytes.baseAddress! + entry.countsOffset
-            let n = entry.binCount
-            withMutableCounts { dst in
-                if shift < 64 {
-                    shc_add_coded_counts(dst.baseAddress!, src, n, Int32(entry.countWidth), UInt32(shift))
-                } else {
-                    // Everything lands in bin 0 (coarsen's collapse case).
-                    dst[0] &+= shc_sum_coded_counts(src, n, Int32(entry.countWidth))
-                }
-            }
-        } else if entry.valueCount > 0, binWidthLog2 != nil {
-            // Other holds only zeros.
-            withMutableCounts { $0[0] &+= entry.valueCount }
-        }
-        addStatistics(valueCount: entry.valueCount, zeroCount: entry.zeroCount, nan: entry.nanCount,
-                      posInf: entry.positiveInfinityCount, negInf: entry.negativeInfinityCount,
-                      minimum: entry.minimum, maximum: entry.maximum)
-    }
-}
-
-extension Histogram {
     /// Whether merging `entry` would change this histogram's layout (bin width or bin count).
     func layoutChanges(for entry: EncodedHistograms.Entry) -> Bool {
         guard entry.binWidthLog2 != nil else { return false }
@@ -255,8 +226,12 @@ extension Histogram {
         return Histogram.binIndex(ofMagnitude: maxAbs, binWidthLog2: k) + 1 > counts.count
     }
 
-    /// `merge(_:bytes:)` fused with the check `EncodedHistograms(checkingCountSums: false)` left
-    /// out, and with overflow detection: one pass over the received counts adds them and sums them.
+    /// Adds histogram `entry` of an `EncodedHistograms` (whose bytes are `bytes`) into this one,
+    /// reading its counts in place: the same result, bit for bit, as `merge(_:)` with the decoded
+    /// histogram (the layout is widened by `ensureLayout` exactly as there, and a finer source is
+    /// coarsened on the fly by summing its bins `j` into `j >> shift`, the sums `coarsen` makes).
+    /// It also makes the check `EncodedHistograms(checkingCountSums: false)` left out, with
+    /// overflow detection: one pass over the received counts adds them and sums them.
     /// Returns nil when merged. Otherwise returns why, with the counts and statistics as before
     /// *except* that the layout may have been widened (`layoutChanges(for:)`): the caller restores
     /// a copy taken before in that case.

@@ -78,16 +78,16 @@ private func histogram(_ values: [Float]) -> Histogram {
             var a = fine
             a.merge(big)
             var b = fine
-            encoded.bytes.withUnsafeBytes { b.merge(encoded.entries[0], bytes: $0) }
+            #expect(encoded.bytes.withUnsafeBytes { b.mergeChecking(encoded.entries[0], bytes: $0) } == nil)
             #expect(a == b, "width case \(i)")
         }
         // Fine source into a coarse target (shift of ~28 binades), and the reverse.
         let e1 = try EncodedHistograms(validating: payload([NamedHistogram(name: "f", histogram: fine)]), count: 1)
         var target = coarse
-        e1.bytes.withUnsafeBytes { target.merge(e1.entries[0], bytes: $0) }
+        #expect(e1.bytes.withUnsafeBytes { target.mergeChecking(e1.entries[0], bytes: $0) } == nil)
         #expect(target == coarse.merged(with: fine))
         let e2 = try EncodedHistograms(validating: payload([NamedHistogram(name: "c", histogram: coarse)]), count: 1)
-        e2.bytes.withUnsafeBytes { fine.merge(e2.entries[0], bytes: $0) }
+        #expect(e2.bytes.withUnsafeBytes { fine.mergeChecking(e2.entries[0], bytes: $0) } == nil)
         #expect(fine == histogram([1e-6, 2e-6, 3e-6, 1e6, 5]))
     }
 
