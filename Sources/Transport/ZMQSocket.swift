@@ -144,18 +144,24 @@ public final class ZMQSocket {
     @discardableResult
     public func send(_ frames: [[UInt8]], dontWait: Bool = false) throws -> Bool {
         precondition(!frames.isEmpty, "a ZeroMQ message has at least one frame")
+        return try sendCopied(frames, moreAfterLast: false, dontWait: dontWait)
+    }
+
+    /// Sends `frames` with `zmq_send` (which copies), the last one flagged SNDMORE only if
+    /// `moreAfterLast`. Returns false if the first frame would block; later frames of a started
+    /// message always queue.
+    private func sendCopied(_ frames: [[UInt8]], moreAfterLast: Bool, dontWait: Bool) throws -> Bool {
         for (i, frame) in frames.enumerated() {
             var flags: Int32 = dontWait ? ZMQ_DONTWAIT : 0
-            if i < frames.count - 1 { flags |= ZMQ_SNDMORE }
+            if moreAfterLast || i < frames.count - 1 { flags |= ZMQ_SNDMORE }
             let rc = frame.withUnsafeBytes { buf -> Int32 in
-                // zmq_send copies; an empty frame still needs a non-null pointer on some builds.
+                // An empty frame still needs a non-null pointer on some builds.
                 var dummy: UInt8 = 0
                 if buf.count == 0 { return zmq_send(raw, &dummy, 0, flags) }
                 return zmq_send(raw, buf.baseAddress, buf.count, flags)
             }
             if rc < 0 {
                 let e = zmq_errno()
-                // Only the first frame can "would block": later frames of a started message always queue.
                 if e == EAGAIN && i == 0 { return false }
                 throw ZMQError(operation: "zmq_send", errno: e)
             }
@@ -169,21 +175,7 @@ public final class ZMQSocket {
     @discardableResult
     public func send(_ frames: [[UInt8]], borrowing borrowed: UnsafeRawBufferPointer, dontWait: Bool = false) throws -> Bool {
         precondition(borrowed.count > 0, "a borrowed frame must not be empty")
-        if !frames.isEmpty {
-            for (i, frame) in frames.enumerated() {
-                let flags: Int32 = (dontWait ? ZMQ_DONTWAIT : 0) | ZMQ_SNDMORE
-                let rc = frame.withUnsafeBytes { buf -> Int32 in
-                    var dummy: UInt8 = 0
-                    if buf.count == 0 { return zmq_send(raw, &dummy, 0, flags) }
-                    return zmq_send(raw, buf.baseAddress, buf.count, flags)
-                }
-                if rc < 0 {
-                    let e = zmq_errno()
-                    if e == EAGAIN && i == 0 { return false }
-                    throw ZMQError(operation: "zmq_send", errno: e)
-                }
-            }
-        }
+        if !(try sendCopied(frames, moreAfterLast: true, dontWait: dontWait)) { return false }
         var msg = zmq_msg_t()
         // No free function: the caller owns the buffer.
         zmq_msg_init_data(&msg, UnsafeMutableRawPointer(mutating: borrowed.baseAddress!), borrowed.count, nil, nil)
