@@ -83,7 +83,9 @@ public final class EngineShardComputer: ShardComputer {
             let loaded = report.loadedIndices.count
             if loaded > 0 {
                 let input = Tensor(shape: [loaded] + dataset.sampleShape, data: Array(buffer.prefix(loaded * elements)))
-                let tap = ActivationTap(filter: filter) { activation in
+                // Histograms are the same however a tensor is cut, so the engine may run the batch
+                // in micro-batches (each image's activations stay in cache).
+                let tap = ActivationTap(filter: filter, acceptsBatchSlices: true) { activation in
                     histograms[activation.name, default: Histogram()].accumulate(activation.values)
                 }
                 _ = try session.run([inputName: input], tap: tap)

@@ -21,6 +21,9 @@ public final class InferenceSession: @unchecked Sendable {
     private let lock = NSLock()
     private var plans: [(key: [[Int]], plan: Plan)] = []
     private let context: ExecContext
+    private var timings: [String: StepTiming] = [:]
+    /// Per set of input shapes: whether a batch of that shape may run in micro-batches.
+    private var separable: [(key: [[Int]], value: Bool)] = []
 
     public convenience init(modelPath: String, options: SessionOptions = .init(),
                             logger: Logger = Logger(label: "shardcal.engine")) throws {
@@ -91,6 +94,10 @@ public final class InferenceSession: @unchecked Sendable {
 
     /// Runs the graph. Every model input must be fed (float32, shape matching the static dims).
     /// The tap, if any, is called synchronously for each accepted activation.
+    ///
+    /// A batch larger than `SessionOptions.microBatch` runs as consecutive micro-batches when the
+    /// graph keeps batch rows apart (see `BatchSeparability`) and the tap, if any, accepts batch
+    /// slices; outputs and activations are bit-identical either way.
     public func run(_ feeds: [String: Tensor], tap: ActivationTap? = nil) throws -> [String: Tensor] {
         lock.lock(); defer { lock.unlock() }
         var shapes: [String: [Int]] = [:]
@@ -111,7 +118,70 @@ public final class InferenceSession: @unchecked Sendable {
             throw EngineError.invalidFeed(name: name, detail: "the model has no such input (inputs: \(inputs.map(\.name)))")
         }
         let p = try plan(for: shapes)
+        if tap == nil || tap!.acceptsBatchSlices, let (batch, m) = try microBatching(shapes) {
+            // Whole-batch outputs, filled slice by slice.
+            var result: [String: Tensor] = [:]
+            for (name, o) in p.outputs {
+                if case .slot(let s) = o { result[name] = Tensor(shape: p.slots[s].shape, data: [Float](repeating: 0, count: p.slots[s].count)) }
+            }
+            var start = 0
+            while start < batch {
+                let rows = start..<min(batch, start + m)
+                let sliceShapes = shapes.mapValues { [rows.count] + $0.dropFirst() }
+                let sp = try plan(for: sliceShapes)
+                try execute(sp, feeds: feeds, rows: rows, tap: tap) { name, _, values in
+                    let offset = rows.lowerBound * (values.count / rows.count)
+                    result[name]!.data.withUnsafeMutableBufferPointer { dst in
+                        (dst.baseAddress! + offset).update(from: values.baseAddress!, count: values.count)
+                    }
+                }
+                start = rows.upperBound
+            }
+            return result
+        }
+        var result: [String: Tensor] = [:]
+        try execute(p, feeds: feeds, rows: nil, tap: tap) { name, shape, values in
+            result[name] = Tensor(shape: shape, data: Array(values))
+        }
+        for (name, o) in p.outputs {
+            if case .constant(let t) = o { result[name] = Tensor(shape: t.shape, data: t.floatValues) }
+        }
+        return result
+    }
+
+    /// (batch, micro-batch size) when a run with these shapes goes in slices, else nil. Decided
+    /// once per set of shapes.
+    private func microBatching(_ shapes: [String: [Int]]) throws -> (Int, Int)? {
+        guard let m = options.microBatch, !inputs.isEmpty,
+              inputs.allSatisfy({ $0.shape.first.map { $0 == nil } ?? false }),
+              let batch = shapes[inputs[0].name]?.first, batch > m,
+              inputs.allSatisfy({ shapes[$0.name]?.first == batch }) else { return nil }
+        let key = inputs.map { shapes[$0.name] ?? [] }
+        if let known = separable.first(where: { $0.key == key }) { return known.value ? (batch, m) : nil }
+        let full = try plan(for: shapes)
+        var why: String? = nil
+        for size in Set([m, batch % m]) where size > 0 {
+            guard let micro = try? plan(for: shapes.mapValues { [size] + $0.dropFirst() }) else {
+                why = "the graph cannot be planned for batch \(size)"
+                break
+            }
+            why = BatchSeparability.problem(graph: graph, full: full, micro: micro, batch: batch, microBatch: size)
+            if why != nil { break }
+        }
+        if let why {
+            logger.debug("batch runs whole", metadata: ["batch": "\(batch)", "reason": "\(why)"])
+        }
+        separable.append((key, why == nil))
+        if separable.count > 16 { separable.removeFirst() }
+        return why == nil ? (batch, m) : nil
+    }
+
+    /// Runs plan `p` on `feeds` (rows `rows` of each, or all of them), calling `output` with each
+    /// graph output that is a runtime tensor.
+    private func execute(_ p: Plan, feeds: [String: Tensor], rows: Range<Int>?, tap: ActivationTap?,
+                         output: (String, [Int], UnsafeBufferPointer<Float>) -> Void) throws {
         let buffers = p.pointers()
+        let batchOffset = rows?.lowerBound ?? 0
         @inline(__always) func observed(_ s: Int) -> Bool {
             guard let tap else { return false }
             let slot = p.slots[s]
@@ -120,13 +190,15 @@ public final class InferenceSession: @unchecked Sendable {
         @inline(__always) func emit(_ s: Int) {
             guard let tap, observed(s) else { return }
             let slot = p.slots[s]
-            tap.observer(TappedActivation(name: slot.name, opType: slot.opType, shape: slot.shape,
+            tap.observer(TappedActivation(name: slot.name, opType: slot.opType, shape: slot.shape, batchOffset: batchOffset,
                                           values: UnsafeBufferPointer(start: buffers[slot.buffer], count: slot.count)))
         }
         for (name, s) in p.inputSlots {
             let dst = buffers[p.slots[s].buffer]
+            let count = p.slots[s].count
             feeds[name]!.data.withUnsafeBufferPointer { src in
-                if src.count > 0 { dst.update(from: src.baseAddress!, count: src.count) }
+                let offset = rows.map { $0.lowerBound * (count / $0.count) } ?? 0
+                if count > 0 { dst.update(from: src.baseAddress! + offset, count: count) }
             }
             emit(s)
         }
@@ -151,27 +223,67 @@ public final class InferenceSession: @unchecked Sendable {
                 // tensor whole, before any reuse. Values are identical either way.
                 let clipBuffer = p.slots[f.clipped].buffer
                 if clipBuffer != p.slots[f.source].buffer || !observed(f.source) {
+                    let t0 = options.profile ? DispatchTime.now().uptimeNanoseconds : 0
                     f.kernel(ins, outs, FusedClip(output: buffers[clipBuffer], min: f.min, max: f.max), context)
+                    if options.profile {
+                        record(step, shape: step.outputs.first.map { p.slots[$0].shape } ?? [],
+                               nanoseconds: DispatchTime.now().uptimeNanoseconds - t0, fused: p.steps[i + 1].opType)
+                    }
                     for s in step.outputs { emit(s) }
                     for s in p.steps[i + 1].outputs { emit(s) }
                     i += 2
                     continue
                 }
             }
-            step.kernel(ins, outs, context)
+            if options.profile {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                step.kernel(ins, outs, context)
+                record(step, shape: step.outputs.first.map { p.slots[$0].shape } ?? [],
+                       nanoseconds: DispatchTime.now().uptimeNanoseconds - t0)
+            } else {
+                step.kernel(ins, outs, context)
+            }
             for s in step.outputs { emit(s) }
             i += 1
         }
-        var result: [String: Tensor] = [:]
         for (name, o) in p.outputs {
-            switch o {
-            case .slot(let s):
+            if case .slot(let s) = o {
                 let slot = p.slots[s]
-                result[name] = Tensor(shape: slot.shape, data: Array(UnsafeBufferPointer(start: buffers[slot.buffer], count: slot.count)))
-            case .constant(let t):
-                result[name] = Tensor(shape: t.shape, data: t.floatValues)
+                output(name, slot.shape, UnsafeBufferPointer(start: buffers[slot.buffer], count: slot.count))
             }
         }
-        return result
     }
+
+    private func record(_ step: Plan.Step, shape: [Int], nanoseconds: UInt64, fused: String? = nil) {
+        let op = fused.map { "\(step.opType)+\($0)" } ?? step.opType
+        var t = timings[step.nodeName] ?? StepTiming(node: step.nodeName, opType: op, outputShape: shape, order: timings.count, seconds: 0, calls: 0)
+        t.seconds += Double(nanoseconds) * 1e-9
+        t.calls += 1
+        timings[step.nodeName] = t
+    }
+
+    /// Wall time per node summed over the runs so far (only with `SessionOptions.profile`), most
+    /// expensive first.
+    public func profile() -> [StepTiming] {
+        lock.lock(); defer { lock.unlock() }
+        return timings.values.sorted { ($0.seconds, $0.node) > ($1.seconds, $1.node) }
+    }
+
+    /// Forgets the timings collected so far (e.g. after warm-up runs).
+    public func resetProfile() {
+        lock.lock(); defer { lock.unlock() }
+        timings.removeAll()
+    }
+}
+
+/// One node's share of `InferenceSession.run` time (see `SessionOptions.profile`).
+public struct StepTiming: Sendable, Equatable {
+    public let node: String
+    /// The op, or "Conv+Clip" when a Clip/Relu ran fused into its producer.
+    public let opType: String
+    public let outputShape: [Int]
+    /// Position among the timed nodes in execution order.
+    public let order: Int
+    public var seconds: Double
+    public var calls: Int
 }

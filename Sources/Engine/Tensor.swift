@@ -31,10 +31,20 @@ public struct SessionOptions: Sendable {
     public var threads: Int
     /// How many compiled plans (one per distinct input shape) are kept.
     public var maxCachedPlans: Int
-    public init(threads: Int = 1, maxCachedPlans: Int = 4) {
+    /// Time every step of `run` (see `InferenceSession.profile()`); off by default.
+    public var profile: Bool
+    /// Largest batch run through the graph at once. A larger batch runs as consecutive slices of
+    /// this many images when the graph keeps batch rows apart, so each slice's activations stay in
+    /// cache instead of streaming whole-batch tensors through memory; results are bit-identical.
+    /// nil runs every batch whole.
+    public var microBatch: Int?
+    public init(threads: Int = 1, maxCachedPlans: Int = 4, profile: Bool = false, microBatch: Int? = SessionOptions.defaultMicroBatch) {
         self.threads = max(1, threads)
         self.maxCachedPlans = max(1, maxCachedPlans)
+        self.profile = profile
+        self.microBatch = microBatch.map { max(1, $0) }
     }
+    public static let defaultMicroBatch: Int? = 1
 }
 
 /// Which produced tensors an `ActivationTap` observes. Excludes win over includes; `nil`
@@ -71,17 +81,27 @@ public struct TappedActivation {
     public let name: String
     /// Op type of the producing node, or `TapFilter.graphInputOpType` for graph inputs.
     public let opType: String
+    /// Shape of `values`: the whole tensor, or with `ActivationTap.acceptsBatchSlices` possibly a
+    /// slice of the batch (dimension 0) starting at image `batchOffset`.
     public let shape: [Int]
+    /// Index of this buffer's first image in the batch passed to `run` (0 unless sliced).
+    public let batchOffset: Int
     public let values: UnsafeBufferPointer<Float>
 }
 
 /// Observer of activations during `InferenceSession.run`, called synchronously on the running
 /// thread, in graph order, right after each tensor is produced and before its buffer is reused.
+///
+/// By default the observer sees every tensor whole. With `acceptsBatchSlices`, a batch may run as
+/// micro-batches (`SessionOptions.microBatch`) and each tensor then arrives once per slice of its
+/// batch, in batch order (`TappedActivation.batchOffset`); values are the same either way.
 public struct ActivationTap {
     public var filter: TapFilter
+    public var acceptsBatchSlices: Bool
     public var observer: (TappedActivation) -> Void
-    public init(filter: TapFilter = .all, observer: @escaping (TappedActivation) -> Void) {
+    public init(filter: TapFilter = .all, acceptsBatchSlices: Bool = false, observer: @escaping (TappedActivation) -> Void) {
         self.filter = filter
+        self.acceptsBatchSlices = acceptsBatchSlices
         self.observer = observer
     }
 }

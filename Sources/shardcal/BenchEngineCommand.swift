@@ -38,9 +38,16 @@ struct BenchEngineCommand: ParsableCommand {
     @Flag(help: "Tap every activation as calibration does (the observer only counts values, so this measures the engine's side of the taps: no Conv+Clip fusion where a tap needs the Conv output); the default runs without taps.")
     var tapAll = false
 
+    @Option(help: "Largest batch run through the graph at once (0: whole batches). Default: the engine's.")
+    var microBatch: Int?
+
+    @Flag(help: "Time every node of the timed runs and print a table (per node, and summed per op and output shape) to stderr; the timing itself adds a little overhead per node.")
+    var profile = false
+
     func run() throws {
         Kernels.setUp()
-        let session = try InferenceSession(modelPath: model, options: SessionOptions(threads: threads))
+        let session = try InferenceSession(modelPath: model, options: SessionOptions(threads: threads, profile: profile,
+                                                                                      microBatch: microBatch.map { $0 > 0 ? $0 : nil } ?? SessionOptions.defaultMicroBatch))
         guard let info = session.inputs.first else { throw ValidationError("model has no input") }
         let x: Tensor
         if let input {
@@ -61,8 +68,9 @@ struct BenchEngineCommand: ParsableCommand {
         // With --tap-all, every tensor is tapped; the observer does not read the values (the
         // histograms' cost is measured by bench-core), so this is the engine's cost of the taps.
         nonisolated(unsafe) var tappedValues = 0
-        let tap: ActivationTap? = tapAll ? ActivationTap { a in tappedValues += a.values.count } : nil
+        let tap: ActivationTap? = tapAll ? ActivationTap(acceptsBatchSlices: true) { a in tappedValues += a.values.count } : nil
         for _ in 0..<max(0, warmup) { _ = try session.run(feeds, tap: tap) }
+        session.resetProfile()
         var times: [Double] = []
         var last: [String: Tensor] = [:]
         let clock = ContinuousClock()
@@ -78,6 +86,7 @@ struct BenchEngineCommand: ParsableCommand {
         if let outputNpy, let name = session.outputs.first?.name, let y = last[name] {
             try NPY.write(y, to: outputNpy)
         }
+        if profile { printProfile(session.profile(), runs: times.count, images: images) }
         let sorted = times.sorted()
         let median = sorted[sorted.count / 2]
         var usage = rusage()
@@ -100,9 +109,27 @@ struct BenchEngineCommand: ParsableCommand {
             "blas_core_upgrade": Kernels.blasCoreUpgrade ?? "",
             "vector_isa": Kernels.VectorISA.best.rawValue,
             "taps": tapAll ? "all" : "none",
+            "micro_batch": session.options.microBatch ?? 0,
             "tapped_values_per_run": tapAll ? tappedValues / max(1, times.count + max(0, warmup)) : 0,
         ]
         let json = try JSONSerialization.data(withJSONObject: result, options: [.sortedKeys])
         print(String(decoding: json, as: UTF8.self))
+    }
+
+    /// Per-run milliseconds: each node, then grouped by op and output shape (without the batch).
+    private func printProfile(_ timings: [StepTiming], runs: Int, images: Int) {
+        let total = timings.reduce(0) { $0 + $1.seconds }
+        func ms(_ s: Double) -> String { String(format: "%8.3f", s * 1000 / Double(max(1, runs))) }
+        func pct(_ s: Double) -> String { String(format: "%5.1f%%", total > 0 ? s / total * 100 : 0) }
+        var lines = ["per-run ms over \(runs) runs of \(images) image(s); nodes total \(ms(total).trimmingCharacters(in: .whitespaces)) ms",
+                     "  by op and output shape:"]
+        var groups: [String: Double] = [:]
+        for t in timings { groups["\(t.opType) \(t.outputShape.dropFirst().map(String.init).joined(separator: "x"))", default: 0] += t.seconds }
+        for (k, v) in groups.sorted(by: { $0.value > $1.value }) { lines.append("  \(ms(v)) \(pct(v))  \(k)") }
+        lines.append("  by node, in execution order:")
+        for t in timings.sorted(by: { $0.order < $1.order }) {
+            lines.append("  \(ms(t.seconds)) \(pct(t.seconds))  \(t.opType) \(t.outputShape)  \(t.node)")
+        }
+        FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
     }
 }
