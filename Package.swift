@@ -84,7 +84,7 @@ let package = Package(
         ),
 
         .testTarget(name: "CalibrationTests", dependencies: ["Calibration", "CalibrationIO", "CHistogramKernel"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "CConvKernels"]),
         .testTarget(name: "DataTests", dependencies: ["Data"], exclude: ["Fixtures"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport", "CZeroMQ"]),
         .testTarget(name: "ClusterTests", dependencies: ["Cluster"]),

@@ -591,3 +591,54 @@ void shardcal_pointwise_avx512(const float *x, const float *w, const float *bias
     }
 }
 #endif /* __x86_64__ */
+
+#if defined(__x86_64__)
+/* ---- Dot products of one vector with rows of a matrix (Gemm/MatMul heads, transB), AVX-512 ----
+ * sums[j - j0] = Σ_p x[p]·w[j][p] for rows j in [j0, j1). Per row: 16 lane sums (lane l takes
+ * p ≡ l mod 16, p ascending, one FMA each), a fixed pairwise reduction of the lanes
+ * (256-bit halves, 128-bit halves, pairs, then the last pair), plus the tail p ≥ 16·⌊k/16⌋ summed in
+ * ascending order. Four rows run side by side (four independent load streams keep more of the
+ * memory system busy: these weights are read once per image); each row gets the same operations
+ * whichever group it is in, so a row's sum depends on x, its weights and k only. */
+__attribute__((target("avx512f"), always_inline))
+static inline float shc_lane_sum(__m512 a) {
+    const __m256 h8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    const __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+    const __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+}
+
+__attribute__((target("avx512f"), always_inline))
+static inline float shc_dot_tail(const float *x, const float *w, long p, long k) {
+    float t = 0.0f;
+    for (; p < k; p++) t = __builtin_fmaf(x[p], w[p], t);
+    return t;
+}
+
+__attribute__((target("avx512f")))
+void shardcal_dot_rows_avx512(const float *x, const float *w, long ldw, long k, long j0, long j1, float *sums) {
+    const long body = k / 16 * 16;
+    long j = j0;
+    for (; j + 4 <= j1; j += 4) {
+        const float *w0 = w + j * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (long p = 0; p < body; p += 16) {
+            const __m512 xv = _mm512_loadu_ps(x + p);
+            a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w0 + p), a0);
+            a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w1 + p), a1);
+            a2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w2 + p), a2);
+            a3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w3 + p), a3);
+        }
+        sums[j - j0] = shc_lane_sum(a0) + shc_dot_tail(x, w0, body, k);
+        sums[j - j0 + 1] = shc_lane_sum(a1) + shc_dot_tail(x, w1, body, k);
+        sums[j - j0 + 2] = shc_lane_sum(a2) + shc_dot_tail(x, w2, body, k);
+        sums[j - j0 + 3] = shc_lane_sum(a3) + shc_dot_tail(x, w3, body, k);
+    }
+    for (; j < j1; j++) {
+        const float *w0 = w + j * ldw;
+        __m512 a0 = _mm512_setzero_ps();
+        for (long p = 0; p < body; p += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + p), _mm512_loadu_ps(w0 + p), a0);
+        sums[j - j0] = shc_lane_sum(a0) + shc_dot_tail(x, w0, body, k);
+    }
+}
+#endif /* __x86_64__ */

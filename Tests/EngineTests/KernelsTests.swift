@@ -1,5 +1,6 @@
 import Testing
 @testable import Engine
+import CConvKernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -242,6 +243,40 @@ struct KernelsGemmTests {
             }
         }
         return out
+    }
+
+    /// The AVX-512 dot-row kernel behind transB row products: each row's sum against a double
+    /// reference, and bit-identical whether the row runs in a group of four, in the single-row
+    /// remainder, or from any start row (the grouping must not change a value).
+    @Test func dotRowsKernelIsGroupingIndependent() throws {
+        #if arch(x86_64)
+        guard Kernels.VectorISA.best == .avx512 else {
+            print("skipped: no AVX-512 on this CPU (the portable dot16 path is covered by rowwiseProductsAreRowIndependent)")
+            return
+        }
+        var rng = KernelTestRNG(seed: 5150)
+        for k in [1, 15, 16, 17, 33, 1280, 1283] {
+            let n = 11
+            let x = rng.floats(k), w = rng.floats(n * k)
+            func sums(_ j0: Int, _ j1: Int) -> [Float] {
+                var out = [Float](repeating: .nan, count: j1 - j0)
+                x.withUnsafeBufferPointer { xp in
+                    w.withUnsafeBufferPointer { wp in
+                        out.withUnsafeMutableBufferPointer { shardcal_dot_rows_avx512(xp.baseAddress!, wp.baseAddress!, k, k, j0, j1, $0.baseAddress!) }
+                    }
+                }
+                return out
+            }
+            let all = sums(0, n)
+            for j in 0..<n {
+                let exact = (0..<k).reduce(0.0) { $0 + Double(x[$1]) * Double(w[j * k + $1]) }
+                #expect(abs(Double(all[j]) - exact) <= 1e-6 * Double(k) + 1e-6, "k \(k) row \(j)")
+                #expect(sums(j, j + 1) == [all[j]], "k \(k) row \(j) alone")
+            }
+            #expect(sums(3, n) == Array(all[3...]), "k \(k) from row 3")
+            #expect(sums(1, 9) == Array(all[1..<9]), "k \(k) rows 1..<9")
+        }
+        #endif
     }
 
     /// The row-by-row product (Gemm heads): the triple loop's values (hand case and random, all

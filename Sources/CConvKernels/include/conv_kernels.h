@@ -63,6 +63,10 @@ int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, floa
 void shardcal_pointwise_avx512(const float *x, const float *w, const float *bias, float *y,
                                long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
                                float *clip_out, float lo, float hi);
+
+/* sums[j - j0] = Σ_p x[p]·w[j·ldw + p] for rows j in [j0, j1) (AVX-512F; 16 FMA lanes, fixed lane
+ * reduction, then the tail in order: a row's sum does not depend on j0, j1 or the other rows). */
+void shardcal_dot_rows_avx512(const float *x, const float *w, long ldw, long k, long j0, long j1, float *sums);
 #endif
 
 #endif

@@ -7,6 +7,8 @@
 // so these products are computed one row at a time with a fixed summation order: each output element
 // is a function of its own input row and the weights only.
 
+import CConvKernels
+
 extension Kernels {
     /// C[m×n] = alpha · op(A) · op(B) + beta · C (row-major, as cblas_sgemm), every row of C computed
     /// independently of the others and of `m`: bit-identical for any batch size or split, and for any
@@ -29,6 +31,15 @@ extension Kernels {
                 let lo = t * chunk, hi = min(n, lo + chunk)
                 if transB {
                     // y[j] = Σ_p x[p] · B[j][p]: contiguous dot products, 16 lanes then a fixed lane sum.
+                    #if arch(x86_64)
+                    if VectorISA.best == .avx512 {
+                        withUnsafeTemporaryAllocation(of: Float.self, capacity: hi - lo) { sums in
+                            shardcal_dot_rows_avx512(x, b, ldb, k, lo, hi, sums.baseAddress!)
+                            for j in lo..<hi { y[j] = finish(sums[j - lo], alpha: alpha, beta: beta, old: y[j]) }
+                        }
+                        return
+                    }
+                    #endif
                     for j in lo..<hi { y[j] = finish(dot16(x, b + j * ldb, k), alpha: alpha, beta: beta, old: y[j]) }
                 } else {
                     // y[j] = Σ_p x[p] · B[p][j], p ascending: contiguous rows of B, scaled and added.
