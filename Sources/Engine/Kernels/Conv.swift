@@ -60,7 +60,8 @@ extension Kernels {
         #else
         let useAVX512 = false
         #endif
-        let split = pointwise ? GemmSplit(m: ocg, n: outPlane, k: kdim) : GemmSplit(columnsOf: outPlane, m: ocg, k: kdim)
+        let split = pointwise ? GemmSplit(m: ocg, n: outPlane, k: kdim)
+            : GemmSplit(columnsOf: outPlane, m: ocg, k: kdim, minWorkLog2: useAVX512 ? 20 : 22)
         let perImage = g.group * split.count
         let tasks = g.batch * perImage
         let workers = min(max(1, threads), tasks)

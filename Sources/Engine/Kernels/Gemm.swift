@@ -81,9 +81,13 @@ struct GemmSplit: Equatable {
         }
     }
 
-    /// Columns only (for im2col convolutions, whose unfolded input is built per column block).
-    init(columnsOf n: Int, m: Int, k: Int) {
-        let want = min(32, max(1, (m * n * max(k, 1)) >> 22))
+    /// Columns only (for im2col convolutions, whose unfolded input is built per column block):
+    /// blocks of at least 2^`minWorkLog2` multiply-adds, at most 32. sgemm wants ~4 M per call
+    /// (22); the AVX-512 pointwise kernel, whose results do not depend on the cut, runs ~1 M
+    /// blocks (20) as fast, and more blocks balance two threads better and keep each unfolded
+    /// block in L2 (a 3-channel 3×3 stem at 112×112 was 2 blocks of 677 KB).
+    init(columnsOf n: Int, m: Int, k: Int, minWorkLog2: Int = 22) {
+        let want = min(32, max(1, (m * n * max(k, 1)) >> minWorkLog2))
         self.init(alongN: true, extent: n, want: want)
     }
 
