@@ -2,7 +2,8 @@
 #define SHARDCAL_CODED_COUNTS_H
 /*
  * Loops over histogram counts in their compact coding (n little-endian unsigned integers of
- * `width` bytes each, width 1, 2, 4 or 8, at any alignment): the coordinator validates and merges
+ * `width` bytes each, width 1, 2, 3, 4 or 8, at any alignment;
+ * width 3 is read three bytes at a time, never past byte 3n): the coordinator validates and merges
  * every RESULT straight from the received bytes with these, without first widening the counts
  * into a [UInt64]. Sums wrap modulo 2^64, like Histogram's own arithmetic.
  */
