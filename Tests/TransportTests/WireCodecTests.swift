@@ -61,7 +61,7 @@ struct WireCodecTests {
         ]
         for m in messages {
             let frames = WireCodec.encode(m)
-            #expect(frames[0] == Array("SHC1".utf8))
+            #expect(frames[0] == Array("SHC2".utf8))
             #expect(try WireCodec.decode(frames) == m, "\(m.typeName)")
         }
     }
