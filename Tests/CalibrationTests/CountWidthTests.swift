@@ -190,10 +190,10 @@ private final class GuardedBytes {
         }
     }
 
-    /// The C kernels on width-3 counts (vector blocks of 16 and the scalar tail) equal sums made
+    /// The C kernels on width-3 counts (vector blocks of 16 or 8 and the scalar tail) equal sums made
     /// here in Swift, for bin counts around the block sizes; the counts end right before a
     /// PROT_NONE page, so a read past byte 3n would crash.
-    @Test(arguments: [1, 2, 3, 15, 16, 17, 21, 22, 23, 31, 32, 33, 37, 38, 4095, 4096])
+    @Test(arguments: [1, 2, 3, 7, 8, 9, 11, 12, 13, 15, 16, 17, 19, 20, 21, 22, 23, 31, 32, 33, 37, 38, 4095, 4096])
     func width3KernelsMatchSwift(n: Int) throws {
         var rng = SeededGenerator(seed: UInt64(n) * 31 + 5)
         let counts = (0..<n).map { j -> UInt64 in
@@ -215,6 +215,23 @@ private final class GuardedBytes {
         #expect(dst == start)
         dst.withUnsafeMutableBufferPointer { shc_add_coded_counts($0.baseAddress!, src.start, n, 3, 0) }
         #expect(dst == zip(start, counts).map { $0 + $1 })
+
+        // Every implementation this CPU has (portable, AVX2, AVX-512 VBMI), not only the fastest.
+        var ran = 0
+        for variant: Int32 in 0...2 {
+            var d = start
+            var total: UInt64 = 0
+            overflow = 0
+            let available = d.withUnsafeMutableBufferPointer {
+                shc_add3_coded_counts_checked_variant(variant, $0.baseAddress!, src.start, n, &total, &overflow)
+            }
+            guard available == 1 else { continue }
+            ran += 1
+            #expect(total == expectedSum, "variant \(variant)")
+            #expect(overflow == 0, "variant \(variant)")
+            #expect(d == zip(start, counts).map { $0 + $1 }, "variant \(variant)")
+        }
+        #expect(ran >= 1)
 
         // shift 2: bins j into j >> 2 (a coarser target).
         var coarse = [UInt64](repeating: 5, count: (n + 3) / 4)
@@ -240,6 +257,15 @@ private final class GuardedBytes {
         #expect(overflow == 1)
         dst.withUnsafeMutableBufferPointer { shc_sub_coded_counts($0.baseAddress!, src.start, n, 3, 0) }
         #expect(dst == start)
+        for variant: Int32 in 0...2 {
+            var d = start
+            var total: UInt64 = 0
+            overflow = 0
+            let available = d.withUnsafeMutableBufferPointer {
+                shc_add3_coded_counts_checked_variant(variant, $0.baseAddress!, src.start, n, &total, &overflow)
+            }
+            if available == 1 { #expect(overflow == 1, "variant \(variant)") }
+        }
         // One less: the largest value that still fits, no carry.
         start[at] -= 1
         dst = start

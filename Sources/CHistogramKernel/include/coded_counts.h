@@ -24,6 +24,12 @@ void shc_add_coded_counts(uint64_t *dst, const uint8_t *src, size_t n, int width
 uint64_t shc_add_coded_counts_checked(uint64_t *dst, const uint8_t *src, size_t n, int width, unsigned shift,
                                       int *overflow);
 
+/* Test hook: shc_add_coded_counts_checked for width 3 and shift 0 (returning the sum in *sum)
+ * through one implementation: 0 portable, 1 AVX2, 2 AVX-512 VBMI (the fastest this CPU has is what
+ * shc_add_coded_counts_checked uses). Returns 0, touching nothing, if this CPU lacks it; 1 otherwise. */
+int shc_add3_coded_counts_checked_variant(int variant, uint64_t *dst, const uint8_t *src, size_t n, uint64_t *sum,
+                                          int *overflow);
+
 /* dst[j >> shift] -= count j (mod 2^64): undoes shc_add_coded_counts(_checked). shift < 64. */
 void shc_sub_coded_counts(uint64_t *dst, const uint8_t *src, size_t n, int width, unsigned shift);
 
