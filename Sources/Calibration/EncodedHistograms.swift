@@ -17,7 +17,7 @@ public struct EncodedHistograms: Sendable {
         /// Byte offset of the first count in `bytes`.
         let countsOffset: Int
         let binCount: Int
-        /// Bytes per count: 1, 2, 4 or 8.
+        /// Bytes per count: 1, 2, 3 (encoding version 2), 4 or 8.
         let countWidth: Int
         let valueCount: UInt64
         let zeroCount: UInt64
@@ -162,9 +162,7 @@ public struct EncodedHistograms: Sendable {
         var what: String { "histogram of tensor \(name)" }
         try need(buf, offset, 44, what)
         let version = load(buf, &offset, UInt8.self)
-        if version != Histogram.codingVersion {
-            throw .invalid("\(what): encoding version \(version) is not supported (expected \(Histogram.codingVersion))")
-        }
+        if let why = Histogram.codingVersionProblem(version) { throw .invalid("\(what): \(why)") }
         let flags = load(buf, &offset, UInt8.self)
         if flags & ~3 != 0 { throw .invalid("\(what): flags \(flags) has unknown bits") }
         let k = Int(load(buf, &offset, Int16.self))
@@ -183,9 +181,7 @@ public struct EncodedHistograms: Sendable {
         let n = Int(load(buf, &offset, UInt16.self))
         let width = Int(load(buf, &offset, UInt8.self))
         if n > Histogram.maxBinCount { throw .invalid("\(what): bin count \(n) exceeds \(Histogram.maxBinCount)") }
-        guard width == 1 || width == 2 || width == 4 || width == 8 else {
-            throw .invalid("\(what): count width \(width) is not 1, 2, 4 or 8")
-        }
+        if let why = Histogram.countWidthProblem(width, version: version) { throw .invalid("\(what): \(why)") }
         try need(buf, offset, n * width, "\(what) counts")
         let start = offset
         let base = buf.baseAddress! + start
@@ -210,6 +206,8 @@ public struct EncodedHistograms: Sendable {
         switch width {
         case 1: return UInt64(p.load(as: UInt8.self))
         case 2: return UInt64(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self)))
+        case 3: // three bytes exactly: a 4-byte load would read past the last count
+            return UInt64(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self))) | UInt64(p.load(fromByteOffset: 2, as: UInt8.self)) << 16
         case 4: return UInt64(UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)))
         default: return UInt64(littleEndian: p.loadUnaligned(as: UInt64.self))
         }

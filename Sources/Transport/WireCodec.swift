@@ -67,11 +67,12 @@ public struct WireLimits: Sendable, Equatable {
 
 /// Encodes and decodes protocol messages to and from ZeroMQ frames (routing frames excluded).
 ///
-/// Every message is `[tag, TYPE, body...]`: `tag` = "SHC" + protocol version ("SHC1"), `TYPE` an
+/// Every message is `[tag, TYPE, body...]`: `tag` = "SHC" + protocol version ("SHC2"), `TYPE` an
 /// upper-case ASCII word. Control bodies are one UTF-8 JSON frame; RESULT carries a JSON header and
 /// one compact binary frame; JOB a JSON header, the config bytes and the model bytes.
 public enum WireCodec {
-    public static let protocolVersion = 1
+    /// 2: histogram payloads use encoding version 2 (3-byte counts); 1 had widths 1, 2, 4 and 8 only.
+    public static let protocolVersion = 2
     public static let tagPrefix = "SHC"
     public static let tagString = "SHC\(protocolVersion)"
     public static let tag: [UInt8] = Array(tagString.utf8)

@@ -613,7 +613,7 @@ struct BenchCoordinatorCommand: ParsableCommand {
     @Option(name: .long, help: "Bins per tensor histogram (≤ 4096).")
     var bins: Int = 4096
 
-    @Option(name: .long, help: "Largest bin count (sets the bytes per count on the wire: 255 → 1, 65535 → 2, more → 4).")
+    @Option(name: .long, help: "Largest bin count (sets the bytes per count on the wire: 255 → 1, 65535 → 2, 16777215 → 3, 4294967295 → 4, more → 8).")
     var maxCount: UInt64 = 1_000_000
 
     @Option(name: .long, help: "Credits per fake worker.")

@@ -61,12 +61,12 @@ private func histogram(_ values: [Float]) -> Histogram {
         }
     }
 
-    /// Every count width (1, 2, 4, 8 bytes) and a source finer than the target by many binades.
+    /// Every count width (1, 2, 3, 4, 8 bytes) and a source finer than the target by many binades.
     @Test func everyCountWidthAndLargeShifts() throws {
         var fine = histogram([1e-6, 2e-6, 3e-6])        // tiny k
         let coarse = histogram([1e6, 5])                 // k about 8
-        // Widths: counts up to 255, 65535, 2^32-1 and beyond, built through the validating initialiser.
-        for (i, top) in [UInt64(200), 60_000, 4_000_000_000, 1 << 40].enumerated() {
+        // Widths: counts up to 255, 65535, 2^24-1, 2^32-1 and beyond, built through the validating initialiser.
+        for (i, top) in [UInt64(200), 60_000, 10_000_000, 4_000_000_000, 1 << 40].enumerated() {
             var counts = coarse.counts
             counts[counts.count - 1] = top
             let big = try Histogram(binWidthLog2: coarse.binWidthLog2, counts: counts,

@@ -261,7 +261,7 @@ func randomValues(_ count: Int, rng: inout SeededGenerator) -> [Float] {
         }
         var wrongVersion = bytes
         wrongVersion[0] = 9
-        #expect(throws: DecodingError.invalid("histogram encoding version 9 is not supported (expected 1)")) {
+        #expect(throws: DecodingError.invalid("histogram encoding version 9 is not supported (expected 1 or 2)")) {
             try Histogram(decoding: wrongVersion)
         }
         var badCount = bytes

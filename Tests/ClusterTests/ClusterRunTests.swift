@@ -206,7 +206,7 @@ struct ClusterRunTests {
         try vandal.sendRaw([Array("SHC9".utf8), Array("HELLO".utf8), Array("{}".utf8)])
         guard case .error(let e2)? = try vandal.next() else { Issue.record("expected ERROR"); return }
         #expect(e2.code == "wrong_version")
-        #expect(e2.reason == "protocol version mismatch: expected SHC1, message has \"SHC9\"")
+        #expect(e2.reason == "protocol version mismatch: expected SHC2, message has \"SHC9\"")
         try vandal.sendRaw([WireCodec.tag, Array("RESULT".utf8), Array(#"{"shard":1,"sample_count":4,"compute_seconds":0,"tensor_count":2}"#.utf8), [1, 2, 3]])
         guard case .error(let e3)? = try vandal.next() else { Issue.record("expected ERROR"); return }
         #expect(e3.code == "malformed")

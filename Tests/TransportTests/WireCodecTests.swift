@@ -18,9 +18,9 @@ private let sampleTensors = [
 
 @Suite("wire codec")
 struct WireCodecTests {
-    @Test("frame layout is the documented one: tag SHC1, type word, sorted-key JSON")
+    @Test("frame layout is the documented one: tag SHC2, type word, sorted-key JSON")
     func documentedLayout() throws {
-        #expect(WireCodec.encode(.heartbeat) == [[0x53, 0x48, 0x43, 0x31], Array("HEARTBEAT".utf8)])
+        #expect(WireCodec.encode(.heartbeat) == [[0x53, 0x48, 0x43, 0x32], Array("HEARTBEAT".utf8)])
         let lease = WireCodec.encode(.lease(Lease(shard: 2, start: 10, end: 20)))
         #expect(lease.count == 3)
         #expect(String(decoding: lease[1], as: UTF8.self) == "LEASE")
@@ -61,7 +61,7 @@ struct WireCodecTests {
         ]
         for m in messages {
             let frames = WireCodec.encode(m)
-            #expect(frames[0] == Array("SHC1".utf8))
+            #expect(frames[0] == Array("SHC2".utf8))
             #expect(try WireCodec.decode(frames) == m, "\(m.typeName)")
         }
     }
@@ -98,13 +98,14 @@ struct WireCodecTests {
         }
     }
 
-    @Test("wrong protocol version names both versions")
+    @Test("wrong protocol version names both versions (a version-1 peer, whose histograms have no 3-byte counts)")
     func wrongVersion() throws {
+        #expect(WireCodec.protocolVersion == 2)
         var frames = WireCodec.encode(.heartbeat)
-        frames[0] = Array("SHC2".utf8)
-        #expect(throws: WireError.wrongProtocolVersion(expected: "SHC1", found: "\"SHC2\"")) { try WireCodec.decode(frames) }
+        frames[0] = Array("SHC1".utf8)
+        #expect(throws: WireError.wrongProtocolVersion(expected: "SHC2", found: "\"SHC1\"")) { try WireCodec.decode(frames) }
         do { _ = try WireCodec.decode(frames) } catch {
-            #expect(error.description == "protocol version mismatch: expected SHC1, message has \"SHC2\"")
+            #expect(error.description == "protocol version mismatch: expected SHC2, message has \"SHC1\"")
             #expect(error.code == "wrong_version")
         }
     }
@@ -156,10 +157,10 @@ struct WireCodecTests {
                             cache: Array("TRT-8601-EntropyCalibration2\na: 3c010204\n".utf8), table: Array("{}".utf8))
         let frames = WireCodec.encode(p)
         #expect(frames[0] == Array("shardcal.result.job1".utf8))
-        #expect(frames[1] == Array("SHC1".utf8))
+        #expect(frames[1] == Array("SHC2".utf8))
         #expect(try WireCodec.decodePublication(frames) == p)
         var bad = frames
         bad[1] = Array("SHC9".utf8)
-        #expect(throws: WireError.wrongProtocolVersion(expected: "SHC1", found: "\"SHC9\"")) { try WireCodec.decodePublication(bad) }
+        #expect(throws: WireError.wrongProtocolVersion(expected: "SHC2", found: "\"SHC9\"")) { try WireCodec.decodePublication(bad) }
     }
 }
