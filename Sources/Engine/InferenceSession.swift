@@ -22,6 +22,8 @@ public final class InferenceSession: @unchecked Sendable {
     private var plans: [(key: [[Int]], plan: Plan)] = []
     private let context: ExecContext
     private var timings: [String: StepTiming] = [:]
+    /// Contexts and plans of the lanes that run untapped micro-batches concurrently.
+    private var laneStates: [LaneState] = []
     /// Per set of input shapes: whether a batch of that shape may run in micro-batches.
     private var separable: [(key: [[Int]], value: Bool)] = []
 
@@ -119,28 +121,42 @@ public final class InferenceSession: @unchecked Sendable {
         }
         let p = try plan(for: shapes)
         if tap == nil || tap!.acceptsBatchSlices, let (batch, m) = try microBatching(shapes) {
-            // Whole-batch outputs, filled slice by slice.
-            var result: [String: Tensor] = [:]
-            for (name, o) in p.outputs {
-                if case .slot(let s) = o { result[name] = Tensor(shape: p.slots[s].shape, data: [Float](repeating: 0, count: p.slots[s].count)) }
-            }
+            var slices: [Range<Int>] = []
             var start = 0
-            while start < batch {
-                let rows = start..<min(batch, start + m)
-                let sliceShapes = shapes.mapValues { [rows.count] + $0.dropFirst() }
-                let sp = try plan(for: sliceShapes)
-                try execute(sp, feeds: feeds, rows: rows, tap: tap) { name, _, values in
-                    let offset = rows.lowerBound * (values.count / rows.count)
-                    result[name]!.data.withUnsafeMutableBufferPointer { dst in
-                        (dst.baseAddress! + offset).update(from: values.baseAddress!, count: values.count)
-                    }
+            while start < batch { slices.append(start..<min(batch, start + m)); start += m }
+            // Whole-batch outputs, filled slice by slice.
+            var outputs: [(name: String, shape: [Int], data: UnsafeMutablePointer<Float>)] = []
+            for (name, o) in p.outputs {
+                if case .slot(let s) = o {
+                    let d = UnsafeMutablePointer<Float>.allocate(capacity: max(1, p.slots[s].count))
+                    outputs.append((name, p.slots[s].shape, d))
                 }
-                start = rows.upperBound
+            }
+            defer { for o in outputs { o.data.deallocate() } }
+            let index = Dictionary(uniqueKeysWithValues: outputs.enumerated().map { ($0.element.name, $0.offset) })
+            func store(_ rows: Range<Int>) -> (String, [Int], UnsafeBufferPointer<Float>) -> Void {
+                return { name, _, values in
+                    let offset = rows.lowerBound * (values.count / rows.count)
+                    (outputs[index[name]!].data + offset).update(from: values.baseAddress!, count: values.count)
+                }
+            }
+            let lanes = tap == nil && !options.profile ? min(options.threads, slices.count) : 1
+            if lanes >= 2 {
+                try runInLanes(lanes, slices: slices, shapes: shapes, feeds: feeds, store: store)
+            } else {
+                for rows in slices {
+                    let sp = try plan(for: shapes.mapValues { [rows.count] + $0.dropFirst() })
+                    execute(sp, feeds: feeds, rows: rows, tap: tap, context: context, output: store(rows))
+                }
+            }
+            var result: [String: Tensor] = [:]
+            for o in outputs {
+                result[o.name] = Tensor(shape: o.shape, data: Array(UnsafeBufferPointer(start: o.data, count: elementCount(o.shape))))
             }
             return result
         }
         var result: [String: Tensor] = [:]
-        try execute(p, feeds: feeds, rows: nil, tap: tap) { name, shape, values in
+        execute(p, feeds: feeds, rows: nil, tap: tap, context: context) { name, shape, values in
             result[name] = Tensor(shape: shape, data: Array(values))
         }
         for (name, o) in p.outputs {
@@ -178,8 +194,47 @@ public final class InferenceSession: @unchecked Sendable {
 
     /// Runs plan `p` on `feeds` (rows `rows` of each, or all of them), calling `output` with each
     /// graph output that is a runtime tensor.
-    private func execute(_ p: Plan, feeds: [String: Tensor], rows: Range<Int>?, tap: ActivationTap?,
-                         output: (String, [Int], UnsafeBufferPointer<Float>) -> Void) throws {
+    /// Untapped slices on `lanes` threads at once: each lane has its own plans (buffers) and a
+    /// one-thread context, and takes the next slice when it is done with one (a slice is a whole
+    /// forward pass, ~10 ms, so taking them costs nothing, and a lane slowed by other load does not
+    /// hold the others back). Every image is computed by the same kernels as in one lane, so the
+    /// outputs are identical; the images run side by side instead of each op being split in two,
+    /// which saves the per-op synchronisation and cache traffic between cores (as the "streams" of
+    /// throughput-oriented runtimes do).
+    private func runInLanes(_ lanes: Int, slices: [Range<Int>], shapes: [String: [Int]], feeds: [String: Tensor],
+                            store: (Range<Int>) -> (String, [Int], UnsafeBufferPointer<Float>) -> Void) throws {
+        while laneStates.count < lanes { laneStates.append(LaneState()) }
+        // Plans for every slice size, per lane, built here on the calling thread.
+        var lanePlans: [[Int: Plan]] = []
+        for l in 0..<lanes {
+            var byRows: [Int: Plan] = [:]
+            for size in Set(slices.map(\.count)) {
+                let sliceShapes = shapes.mapValues { [size] + $0.dropFirst() }
+                byRows[size] = try laneStates[l].plan(for: inputs.map { sliceShapes[$0.name] ?? [] }) {
+                    try Planner(graph: graph, initializerBuffers: initializers, logger: logger).build(inputShapes: sliceShapes)
+                }
+            }
+            lanePlans.append(byRows)
+        }
+        let states = laneStates
+        let next = NSLock()
+        nonisolated(unsafe) var taken = 0
+        runWorkers(lanes) { lane in
+            while true {
+                next.lock()
+                let i = taken
+                taken += 1
+                next.unlock()
+                if i >= slices.count { break }
+                let rows = slices[i]
+                execute(lanePlans[lane][rows.count]!, feeds: feeds, rows: rows, tap: nil, context: states[lane].context,
+                        output: store(rows))
+            }
+        }
+    }
+
+    private func execute(_ p: Plan, feeds: [String: Tensor], rows: Range<Int>?, tap: ActivationTap?, context: ExecContext,
+                         output: (String, [Int], UnsafeBufferPointer<Float>) -> Void) {
         let buffers = p.pointers()
         let batchOffset = rows?.lowerBound ?? 0
         @inline(__always) func observed(_ s: Int) -> Bool {
@@ -286,4 +341,18 @@ public struct StepTiming: Sendable, Equatable {
     public let order: Int
     public var seconds: Double
     public var calls: Int
+}
+
+/// One lane of concurrent micro-batches: a one-thread context and its own plans (and so buffers).
+final class LaneState {
+    let context = ExecContext(threads: 1)
+    private var plans: [(key: [[Int]], plan: Plan)] = []
+
+    func plan(for key: [[Int]], build: () throws -> Plan) rethrows -> Plan {
+        if let p = plans.first(where: { $0.key == key }) { return p.plan }
+        let p = try build()
+        plans.append((key, p))
+        if plans.count > 4 { plans.removeFirst() }
+        return p
+    }
 }

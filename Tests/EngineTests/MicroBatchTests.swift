@@ -72,6 +72,29 @@ struct MicroBatchTests {
         for r in 0..<5 { #expect(abs(sliced.y[r * 4 ..< r * 4 + 4].reduce(0, +) - 1) < 1e-5) }
     }
 
+    @Test("untapped slices run side by side on several lanes and give the whole batch's outputs, bit for bit",
+          arguments: [(1, 2), (2, 2), (1, 3), (2, 4)])
+    func lanes(microBatch: Int, threads: Int) throws {
+        let b = Self.cnn()
+        var rng = KernelTestRNG(seed: 23)
+        let n = 7
+        let x = Tensor(shape: [n, 3, 9, 9], data: rng.floats(n * 243).map { $0 * 2 })
+        let whole = try InferenceSession(modelData: b.bytes(), baseDirectory: nil, options: SessionOptions(threads: 1, microBatch: nil))
+        let sliced = try InferenceSession(modelData: b.bytes(), baseDirectory: nil,
+                                          options: SessionOptions(threads: threads, microBatch: microBatch))
+        let want = try #require(try whole.run(["x": x])["y"])
+        // Repeated runs reuse the lanes' plans and buffers.
+        for _ in 0..<3 {
+            let got = try #require(try sliced.run(["x": x])["y"])
+            #expect(got.shape == want.shape && got.data == want.data)
+        }
+        // A batch that is not a multiple of the micro-batch, then a smaller one, on the same session.
+        for m in [5, 2] {
+            let xs = Tensor(shape: [m, 3, 9, 9], data: Array(x.data.prefix(m * 243)))
+            #expect(try sliced.run(["x": xs])["y"]?.data == Array(want.data.prefix(m * 4)))
+        }
+    }
+
     @Test("a tap that wants whole tensors gets them even where slicing is allowed")
     func wholeTensorTap() throws {
         let r = try Self.run(Self.cnn(), n: 4, shape: [3, 9, 9], microBatch: 1, slices: false)
