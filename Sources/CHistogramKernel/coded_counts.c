@@ -68,20 +68,28 @@ void shc_add_coded_counts(uint64_t *dst, const uint8_t *src, size_t n, int width
  * loop ORs the old dst values (one vector OR, where an exact per-element carry costs a compare, a
  * mask expansion and an OR) and only if any of them had its top bit set checks each element
  * afterwards: it wrapped iff the new value is below the count added. */
+/* The shift-0 body from count J0 on (uses dst, src, n, s, seen, carry of the caller): add and sum,
+ * OR-ing the old dst values into `seen`; then, only if one had its top bit set, the exact check
+ * over all n counts. */
+#define ADD_CHECKED_SHIFT0_FROM(LOAD, J0)                                  \
+    do {                                                                   \
+        for (size_t j = (J0); j < n; j++) {                                \
+            uint64_t v = LOAD(src, j);                                     \
+            uint64_t old = dst[j];                                         \
+            seen |= old;                                                   \
+            dst[j] = old + v;                                              \
+            s += v;                                                        \
+        }                                                                  \
+        if (seen >> 63) {                                                  \
+            for (size_t j = 0; j < n; j++) carry |= dst[j] < LOAD(src, j); \
+        }                                                                  \
+    } while (0)
+
 #define ADD_CHECKED_LOOP(LOAD)                                             \
     do {                                                                   \
         if (shift == 0) {                                                  \
             uint64_t seen = 0;                                             \
-            for (size_t j = 0; j < n; j++) {                               \
-                uint64_t v = LOAD(src, j);                                 \
-                uint64_t old = dst[j];                                     \
-                seen |= old;                                               \
-                dst[j] = old + v;                                          \
-                s += v;                                                    \
-            }                                                              \
-            if (seen >> 63) {                                              \
-                for (size_t j = 0; j < n; j++) carry |= dst[j] < LOAD(src, j); \
-            }                                                              \
+            ADD_CHECKED_SHIFT0_FROM(LOAD, 0);                              \
         } else {                                                           \
             for (size_t j = 0; j < n; j++) {                               \
                 uint64_t v = LOAD(src, j);                                 \
@@ -210,26 +218,18 @@ static int shc_add3_has_variant(int variant) {
 }
 
 /* ADD_CHECKED_LOOP(load3) with shift 0: the whole vector blocks through `variant` (available on
- * this CPU), then the portable loop for the rest; ORs 1 into *carry on a carry out of dst. */
-static uint64_t shc_add3_checked(uint64_t *dst, const uint8_t *src, size_t n, int variant, uint64_t *carry) {
-    uint64_t s = 0, seen = 0;
-    size_t j = 0;
+ * this CPU), then the portable loop for the rest; ORs 1 into *carry_out on a carry out of dst. */
+static uint64_t shc_add3_checked(uint64_t *dst, const uint8_t *src, size_t n, int variant, uint64_t *carry_out) {
+    uint64_t s = 0, seen = 0, carry = 0;
+    size_t done = 0;
 #ifdef SHC_HAVE_WIDTH3_X86
-    if (variant == 2) j = shc_add3_checked_vbmi(dst, src, n, &s, &seen);
-    if (variant == 1) j = shc_add3_checked_avx2(dst, src, n, &s, &seen);
+    if (variant == 2) done = shc_add3_checked_vbmi(dst, src, n, &s, &seen);
+    if (variant == 1) done = shc_add3_checked_avx2(dst, src, n, &s, &seen);
 #else
     (void)variant;
 #endif
-    for (; j < n; j++) {
-        uint64_t v = load3(src, j);
-        uint64_t old = dst[j];
-        seen |= old;
-        dst[j] = old + v;
-        s += v;
-    }
-    if (seen >> 63) {
-        for (j = 0; j < n; j++) *carry |= dst[j] < load3(src, j);
-    }
+    ADD_CHECKED_SHIFT0_FROM(load3, done);
+    *carry_out |= carry;
     return s;
 }
 
