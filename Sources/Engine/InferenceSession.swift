@@ -19,7 +19,7 @@ public final class InferenceSession: @unchecked Sendable {
     private let logger: Logger
     private let initializers: InitializerBuffers
     private let lock = NSLock()
-    private var plans: [(key: [[Int]], plan: Plan)] = []
+    private var plans = PlanCache()
     private let context: ExecContext
     private var timings: [String: StepTiming] = [:]
     /// Contexts and plans of the lanes that run untapped micro-batches concurrently.
@@ -69,16 +69,9 @@ public final class InferenceSession: @unchecked Sendable {
     }
 
     private func plan(for shapes: [String: [Int]]) throws -> Plan {
-        let key = inputs.map { shapes[$0.name] ?? [] }
-        if let i = plans.firstIndex(where: { $0.key == key }) {
-            let p = plans.remove(at: i)
-            plans.append(p)
-            return p.plan
+        try plans.plan(for: inputs.map { shapes[$0.name] ?? [] }, keeping: options.maxCachedPlans) {
+            try Planner(graph: graph, initializerBuffers: initializers, logger: logger).build(inputShapes: shapes)
         }
-        let p = try Planner(graph: graph, initializerBuffers: initializers, logger: logger).build(inputShapes: shapes)
-        plans.append((key, p))
-        if plans.count > options.maxCachedPlans { plans.removeFirst() }
-        return p
     }
 
     /// Names of the activations a tap with `filter` observes, in the order it sees them, for the
@@ -192,8 +185,6 @@ public final class InferenceSession: @unchecked Sendable {
         return why == nil ? (batch, m) : nil
     }
 
-    /// Runs plan `p` on `feeds` (rows `rows` of each, or all of them), calling `output` with each
-    /// graph output that is a runtime tensor.
     /// Untapped slices on `lanes` threads at once: each lane has its own plans (buffers) and a
     /// one-thread context, and takes the next slice when it is done with one (a slice is a whole
     /// forward pass, ~10 ms, so taking them costs nothing, and a lane slowed by other load does not
@@ -210,7 +201,8 @@ public final class InferenceSession: @unchecked Sendable {
             var byRows: [Int: Plan] = [:]
             for size in Set(slices.map(\.count)) {
                 let sliceShapes = shapes.mapValues { [size] + $0.dropFirst() }
-                byRows[size] = try laneStates[l].plan(for: inputs.map { sliceShapes[$0.name] ?? [] }) {
+                byRows[size] = try laneStates[l].plans.plan(for: inputs.map { sliceShapes[$0.name] ?? [] },
+                                                            keeping: options.maxCachedPlans) {
                     try Planner(graph: graph, initializerBuffers: initializers, logger: logger).build(inputShapes: sliceShapes)
                 }
             }
@@ -233,6 +225,8 @@ public final class InferenceSession: @unchecked Sendable {
         }
     }
 
+    /// Runs plan `p` on `feeds` (rows `rows` of each, or all of them), calling `output` with each
+    /// graph output that is a runtime tensor.
     private func execute(_ p: Plan, feeds: [String: Tensor], rows: Range<Int>?, tap: ActivationTap?, context: ExecContext,
                          output: (String, [Int], UnsafeBufferPointer<Float>) -> Void) {
         let buffers = p.pointers()
@@ -241,6 +235,14 @@ public final class InferenceSession: @unchecked Sendable {
             guard let tap else { return false }
             let slot = p.slots[s]
             return !slot.name.isEmpty && tap.filter.accepts(name: slot.name, opType: slot.opType)
+        }
+        /// Runs one step's kernel, adding its time to the profile when profiling.
+        @inline(__always) func timed(_ step: Plan.Step, fused: String? = nil, _ kernel: () -> Void) {
+            guard options.profile else { return kernel() }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            kernel()
+            record(step, shape: step.outputs.first.map { p.slots[$0].shape } ?? [],
+                   nanoseconds: DispatchTime.now().uptimeNanoseconds - t0, fused: fused)
         }
         @inline(__always) func emit(_ s: Int) {
             guard let tap, observed(s) else { return }
@@ -278,11 +280,8 @@ public final class InferenceSession: @unchecked Sendable {
                 // tensor whole, before any reuse. Values are identical either way.
                 let clipBuffer = p.slots[f.clipped].buffer
                 if clipBuffer != p.slots[f.source].buffer || !observed(f.source) {
-                    let t0 = options.profile ? DispatchTime.now().uptimeNanoseconds : 0
-                    f.kernel(ins, outs, FusedClip(output: buffers[clipBuffer], min: f.min, max: f.max), context)
-                    if options.profile {
-                        record(step, shape: step.outputs.first.map { p.slots[$0].shape } ?? [],
-                               nanoseconds: DispatchTime.now().uptimeNanoseconds - t0, fused: p.steps[i + 1].opType)
+                    timed(step, fused: p.steps[i + 1].opType) {
+                        f.kernel(ins, outs, FusedClip(output: buffers[clipBuffer], min: f.min, max: f.max), context)
                     }
                     for s in step.outputs { emit(s) }
                     for s in p.steps[i + 1].outputs { emit(s) }
@@ -290,14 +289,7 @@ public final class InferenceSession: @unchecked Sendable {
                     continue
                 }
             }
-            if options.profile {
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                step.kernel(ins, outs, context)
-                record(step, shape: step.outputs.first.map { p.slots[$0].shape } ?? [],
-                       nanoseconds: DispatchTime.now().uptimeNanoseconds - t0)
-            } else {
-                step.kernel(ins, outs, context)
-            }
+            timed(step) { step.kernel(ins, outs, context) }
             for s in step.outputs { emit(s) }
             i += 1
         }
@@ -346,13 +338,22 @@ public struct StepTiming: Sendable, Equatable {
 /// One lane of concurrent micro-batches: a one-thread context and its own plans (and so buffers).
 final class LaneState {
     let context = ExecContext(threads: 1)
-    private var plans: [(key: [[Int]], plan: Plan)] = []
+    var plans = PlanCache()
+}
 
-    func plan(for key: [[Int]], build: () throws -> Plan) rethrows -> Plan {
-        if let p = plans.first(where: { $0.key == key }) { return p.plan }
+/// Compiled plans by input shapes, most recently used last, at most `keeping` of them.
+struct PlanCache {
+    private var entries: [(key: [[Int]], plan: Plan)] = []
+
+    mutating func plan(for key: [[Int]], keeping limit: Int, build: () throws -> Plan) rethrows -> Plan {
+        if let i = entries.firstIndex(where: { $0.key == key }) {
+            let e = entries.remove(at: i)
+            entries.append(e)
+            return e.plan
+        }
         let p = try build()
-        plans.append((key, p))
-        if plans.count > 4 { plans.removeFirst() }
+        entries.append((key, p))
+        if entries.count > limit { entries.removeFirst() }
         return p
     }
 }
