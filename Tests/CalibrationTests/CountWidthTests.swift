@@ -8,16 +8,6 @@ import Glibc
 import Darwin
 #endif
 
-/// Named histograms as a RESULT payload lays them out (u32 name length, name, histogram coding).
-private func payload(_ tensors: [NamedHistogram]) -> [UInt8] {
-    var w = ByteWriter()
-    for t in tensors {
-        w.writeString(t.name)
-        t.histogram.encode(into: &w)
-    }
-    return w.bytes
-}
-
 /// Little-endian bytes of `v`, `width` of them.
 private func le(_ v: UInt64, _ width: Int) -> [UInt8] { (0..<width).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
 
@@ -28,6 +18,21 @@ private func sparse(_ bins: [Int: UInt64], nan: UInt64 = 0, negInf: UInt64 = 0) 
     for (j, c) in bins { counts[j] = c }
     return try Histogram(binWidthLog2: 0, counts: counts, valueCount: counts.reduce(0, +), zeroCount: 0, nanCount: nan,
                          positiveInfinityCount: 0, negativeInfinityCount: negInf, minimum: 1, maximum: 2048)
+}
+
+/// `shc_add_coded_counts_checked` for width 3, shift 0, through each implementation this CPU has
+/// (0 portable, 1 AVX2, 2 AVX-512 VBMI), each from a fresh copy of `start`.
+private func addThroughEveryVariant(_ start: [UInt64], _ src: GuardedBytes, _ n: Int)
+    -> [(variant: Int32, dst: [UInt64], sum: UInt64, overflow: Int32)] {
+    (0...2).compactMap { (variant: Int32) in
+        var d = start
+        var total: UInt64 = 0
+        var overflow: Int32 = 0
+        let available = d.withUnsafeMutableBufferPointer {
+            shc_add3_coded_counts_checked_variant(variant, $0.baseAddress!, src.start, n, &total, &overflow)
+        }
+        return available == 1 ? (variant, d, total, overflow) : nil
+    }
 }
 
 /// Byte offset of the count-width byte in an encoding with min/max (version, flags, k, 5 × u64,
@@ -217,21 +222,13 @@ private final class GuardedBytes {
         #expect(dst == zip(start, counts).map { $0 + $1 })
 
         // Every implementation this CPU has (portable, AVX2, AVX-512 VBMI), not only the fastest.
-        var ran = 0
-        for variant: Int32 in 0...2 {
-            var d = start
-            var total: UInt64 = 0
-            overflow = 0
-            let available = d.withUnsafeMutableBufferPointer {
-                shc_add3_coded_counts_checked_variant(variant, $0.baseAddress!, src.start, n, &total, &overflow)
-            }
-            guard available == 1 else { continue }
-            ran += 1
-            #expect(total == expectedSum, "variant \(variant)")
-            #expect(overflow == 0, "variant \(variant)")
-            #expect(d == zip(start, counts).map { $0 + $1 }, "variant \(variant)")
+        let runs = addThroughEveryVariant(start, src, n)
+        #expect(runs.count >= 1)
+        for r in runs {
+            #expect(r.sum == expectedSum, "variant \(r.variant)")
+            #expect(r.overflow == 0, "variant \(r.variant)")
+            #expect(r.dst == zip(start, counts).map { $0 + $1 }, "variant \(r.variant)")
         }
-        #expect(ran >= 1)
 
         // shift 2: bins j into j >> 2 (a coarser target).
         var coarse = [UInt64](repeating: 5, count: (n + 3) / 4)
@@ -257,15 +254,7 @@ private final class GuardedBytes {
         #expect(overflow == 1)
         dst.withUnsafeMutableBufferPointer { shc_sub_coded_counts($0.baseAddress!, src.start, n, 3, 0) }
         #expect(dst == start)
-        for variant: Int32 in 0...2 {
-            var d = start
-            var total: UInt64 = 0
-            overflow = 0
-            let available = d.withUnsafeMutableBufferPointer {
-                shc_add3_coded_counts_checked_variant(variant, $0.baseAddress!, src.start, n, &total, &overflow)
-            }
-            if available == 1 { #expect(overflow == 1, "variant \(variant)") }
-        }
+        for r in addThroughEveryVariant(start, src, n) { #expect(r.overflow == 1, "variant \(r.variant)") }
         // One less: the largest value that still fits, no carry.
         start[at] -= 1
         dst = start

@@ -3,16 +3,6 @@ import Foundation
 import Testing
 @testable import Calibration
 
-/// Named histograms as a RESULT payload lays them out (u32 name length, name, histogram coding).
-private func payload(_ tensors: [NamedHistogram]) -> [UInt8] {
-    var w = ByteWriter()
-    for t in tensors {
-        w.writeString(t.name)
-        t.histogram.encode(into: &w)
-    }
-    return w.bytes
-}
-
 private func histogram(_ values: [Float]) -> Histogram {
     var h = Histogram()
     h.accumulate(values)
