@@ -48,11 +48,12 @@ public final class EngineShardComputer: ShardComputer {
         // The model comes with the job (verified by digest); only dataset paths resolve here.
         let job = try JobConfig.parse(yaml: text, fileName: "job \(received.jobID)", baseDirectory: base, checkFiles: false)
         let session: InferenceSession
+        // Every activation is tapped (histogrammed).
+        let options = SessionOptions(threads: threads, plannedForTaps: true)
         if let path = received.modelPath {
-            session = try InferenceSession(modelPath: path, options: SessionOptions(threads: threads), logger: logger)
+            session = try InferenceSession(modelPath: path, options: options, logger: logger)
         } else {
-            session = try InferenceSession(modelData: received.model, baseDirectory: nil,
-                                           options: SessionOptions(threads: threads), logger: logger)
+            session = try InferenceSession(modelData: received.model, baseDirectory: nil, options: options, logger: logger)
         }
         let dataset = try DatasetFactory.make(job: job, logger: logger)
         return try EngineShardComputer(job: job, session: session, dataset: dataset, logger: logger)

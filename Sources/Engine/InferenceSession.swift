@@ -70,7 +70,7 @@ public final class InferenceSession: @unchecked Sendable {
 
     private func plan(for shapes: [String: [Int]]) throws -> Plan {
         try plans.plan(for: inputs.map { shapes[$0.name] ?? [] }, keeping: options.maxCachedPlans) {
-            try Planner(graph: graph, initializerBuffers: initializers, logger: logger).build(inputShapes: shapes)
+            try Planner(graph: graph, initializerBuffers: initializers, logger: logger, separateFusedClips: options.plannedForTaps).build(inputShapes: shapes)
         }
     }
 
@@ -203,7 +203,7 @@ public final class InferenceSession: @unchecked Sendable {
                 let sliceShapes = shapes.mapValues { [size] + $0.dropFirst() }
                 byRows[size] = try laneStates[l].plans.plan(for: inputs.map { sliceShapes[$0.name] ?? [] },
                                                             keeping: options.maxCachedPlans) {
-                    try Planner(graph: graph, initializerBuffers: initializers, logger: logger).build(inputShapes: sliceShapes)
+                    try Planner(graph: graph, initializerBuffers: initializers, logger: logger, separateFusedClips: options.plannedForTaps).build(inputShapes: sliceShapes)
                 }
             }
             lanePlans.append(byRows)

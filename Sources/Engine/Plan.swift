@@ -28,7 +28,7 @@ final class Plan {
         let kernel: Kernel
         /// Input positions whose buffer output 0 may take over when that input dies here
         /// (elementwise ops that read element i only before writing element i).
-        let inPlaceInputs: [Int]
+        var inPlaceInputs: [Int]
         /// What this step may be fused with (see `clipFusions`).
         var fusion: StepFusion? = nil
     }
@@ -89,6 +89,10 @@ struct Planner {
     let graph: LoadedGraph
     let initializerBuffers: InitializerBuffers
     let logger: Logger
+    /// Give a Clip/Relu that runs fused into its producer a buffer of its own (no in-place), so a
+    /// tap can observe the producer's output and the pair still runs as one kernel call
+    /// (`SessionOptions.plannedForTaps`).
+    var separateFusedClips = false
 
     func build(inputShapes: [String: [Int]]) throws -> Plan {
         let plan = Plan()
@@ -186,8 +190,13 @@ struct Planner {
                 throw EngineError.invalidModel(source: "graph", reason: "graph output '\(info.name)' is produced by no node")
             }
         }
-        assignBuffers(plan)
         findClipFusions(plan)
+        if separateFusedClips {
+            for (_, f) in plan.clipFusions {
+                if let c = plan.steps.firstIndex(where: { $0.outputs.first == f.clipped }) { plan.steps[c].inPlaceInputs = [] }
+            }
+        }
+        assignBuffers(plan)
         logger.debug("built plan", metadata: ["steps": "\(plan.steps.count)", "folded": "\(foldedCount)",
                                               "slots": "\(plan.slots.count)", "buffers": "\(plan.bufferCapacities.count)",
                                               "bufferFloats": "\(plan.totalBufferFloats)", "inPlace": "\(plan.inPlaceSteps)"])
@@ -199,6 +208,7 @@ struct Planner {
     private func findClipFusions(_ plan: Plan) {
         for i in plan.steps.indices.dropLast() {
             let producer = plan.steps[i], next = plan.steps[i + 1]
+            // Found before buffers are assigned: nothing here depends on them.
             guard case .clipEpilogue(let kernel)? = producer.fusion, case .clip(let lo, let hi)? = next.fusion,
                   let source = producer.outputs.first, let clipped = next.outputs.first,
                   case .slot(let s)? = next.inputs.first, s == source,
@@ -251,23 +261,35 @@ struct Planner {
         func release(_ slot: Int) { free.append(plan.slots[slot].buffer) }
         for (_, s) in plan.inputSlots { allocate(s) }
         for (_, s) in plan.inputSlots where lastUse[s] == -1 { release(s) }
+        // Where output 0 of step i takes over a dying input's buffer: that input's slot.
+        func inPlaceSource(_ i: Int) -> Int? {
+            let step = plan.steps[i]
+            guard let out0 = step.outputs.first else { return nil }
+            for pos in step.inPlaceInputs {
+                if case .slot(let s) = step.inputs[pos], lastUse[s] == i, plan.slots[s].count == plan.slots[out0].count { return s }
+            }
+            return nil
+        }
         var inPlaceCount = 0
+        // Clip outputs given a buffer one step early (below).
+        var early = Set<Int>()
         for (i, step) in plan.steps.enumerated() {
             var released = Set<Int>()
             var first = 0
-            if let out0 = step.outputs.first {
-                for pos in step.inPlaceInputs {
-                    guard case .slot(let s) = step.inputs[pos], lastUse[s] == i,
-                          plan.slots[s].count == plan.slots[out0].count else { continue }
-                    // The output takes the dying input's buffer; the input is not released.
-                    plan.slots[out0].buffer = plan.slots[s].buffer
-                    released.insert(s)
-                    first = 1
-                    inPlaceCount += 1
-                    break
-                }
+            if let out0 = step.outputs.first, !early.contains(out0), let s = inPlaceSource(i) {
+                // The output takes the dying input's buffer; the input is not released.
+                plan.slots[out0].buffer = plan.slots[s].buffer
+                released.insert(s)
+                first = 1
+                inPlaceCount += 1
             }
-            for s in step.outputs.dropFirst(first) { allocate(s) }
+            for s in step.outputs.dropFirst(first) where !early.contains(s) { allocate(s) }
+            // A Clip fused into this step is written by this step's kernel, while this step's inputs
+            // are read: unless it runs in place, its buffer is taken now, before those inputs free theirs.
+            if let f = plan.clipFusions[i], inPlaceSource(i + 1) == nil {
+                allocate(f.clipped)
+                early.insert(f.clipped)
+            }
             for case .slot(let s) in step.inputs where lastUse[s] == i && !released.contains(s) {
                 released.insert(s)
                 release(s)

@@ -38,11 +38,18 @@ public struct SessionOptions: Sendable {
     /// cache instead of streaming whole-batch tensors through memory; results are bit-identical.
     /// nil runs every batch whole.
     public var microBatch: Int?
-    public init(threads: Int = 1, maxCachedPlans: Int = 4, profile: Bool = false, microBatch: Int? = SessionOptions.defaultMicroBatch) {
+    /// Plan for runs whose tap observes the activations (calibration): a Clip/Relu fused into the
+    /// Conv before it then gets a buffer of its own instead of overwriting the Conv output, so the
+    /// tap sees both and the pair still runs as one kernel call (otherwise a tapped Conv output
+    /// makes the Clip a separate pass over the tensor). Costs a buffer; results are identical.
+    public var plannedForTaps: Bool
+    public init(threads: Int = 1, maxCachedPlans: Int = 4, profile: Bool = false, microBatch: Int? = SessionOptions.defaultMicroBatch,
+                plannedForTaps: Bool = false) {
         self.threads = max(1, threads)
         self.maxCachedPlans = max(1, maxCachedPlans)
         self.profile = profile
         self.microBatch = microBatch.map { max(1, $0) }
+        self.plannedForTaps = plannedForTaps
     }
     public static let defaultMicroBatch: Int? = 1
 }

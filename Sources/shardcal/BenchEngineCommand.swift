@@ -35,7 +35,7 @@ struct BenchEngineCommand: ParsableCommand {
     @Option(help: "Write the first graph output of the last run to this .npy file.")
     var outputNpy: String?
 
-    @Flag(help: "Tap every activation as calibration does (the observer only counts values, so this measures the engine's side of the taps: no Conv+Clip fusion where a tap needs the Conv output); the default runs without taps.")
+    @Flag(help: "Tap every activation as calibration does (the observer only counts values, so this measures the engine's side of the taps, with the plan calibration uses); the default runs without taps.")
     var tapAll = false
 
     @Option(help: "Largest batch run through the graph at once (0: whole batches). Default: the engine's.")
@@ -47,7 +47,8 @@ struct BenchEngineCommand: ParsableCommand {
     func run() throws {
         Kernels.setUp()
         let session = try InferenceSession(modelPath: model, options: SessionOptions(threads: threads, profile: profile,
-                                                                                      microBatch: microBatch.map { $0 > 0 ? $0 : nil } ?? SessionOptions.defaultMicroBatch))
+                                                                                      microBatch: microBatch.map { $0 > 0 ? $0 : nil } ?? SessionOptions.defaultMicroBatch,
+                                                                                      plannedForTaps: tapAll))
         guard let info = session.inputs.first else { throw ValidationError("model has no input") }
         let x: Tensor
         if let input {

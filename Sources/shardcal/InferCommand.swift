@@ -39,7 +39,8 @@ struct InferCommand: ParsableCommand {
 
     func run() throws {
         let logger = global.makeLogger("shardcal.infer")
-        let session = try InferenceSession(modelPath: model, options: SessionOptions(threads: threads), logger: logger)
+        let session = try InferenceSession(modelPath: model, options: SessionOptions(threads: threads, plannedForTaps: activations),
+                                           logger: logger)
         var feeds: [String: Tensor] = [:]
         for spec in input {
             if let eq = spec.firstIndex(of: "="), session.inputs.contains(where: { $0.name == String(spec[..<eq]) }) {

@@ -23,10 +23,11 @@ struct FusedTapTests {
     }
 
     @Test("with every tensor tapped, Conv outputs are unclipped, clips are exact, and nothing changes the result",
-          arguments: [1, 2])
-    func everyTapOn(threads: Int) throws {
+          arguments: [1, 2], [false, true])
+    func everyTapOn(threads: Int, plannedForTaps: Bool) throws {
         let b = Self.model()
-        let s = try InferenceSession(modelData: b.bytes(), baseDirectory: nil, options: SessionOptions(threads: threads))
+        let s = try InferenceSession(modelData: b.bytes(), baseDirectory: nil,
+                                     options: SessionOptions(threads: threads, profile: true, plannedForTaps: plannedForTaps))
         var rng = KernelTestRNG(seed: 5)
         let xs = rng.floats(2 * 3 * 100).map { $0 * 3 }
         let feeds = ["x": Tensor(shape: [2, 3, 10, 10], data: xs)]
@@ -38,7 +39,12 @@ struct FusedTapTests {
             return (y.data, tapped, order)
         }
         let untapped = try run(nil)
+        s.resetProfile()
         let all = try run(.all)
+        // Which steps ran fused while every tensor was tapped: planned for taps, each clip has a
+        // buffer of its own and runs in its Conv's kernel; otherwise every clip is a pass of its own.
+        let fused = Set(s.profile().map(\.opType).filter { $0.contains("+") })
+        #expect(fused == (plannedForTaps ? ["Conv+Clip", "Conv+Relu"] : []))
         #expect(all.order == ["x", "c1", "r1", "c2", "r2", "c3", "y"])
         #expect(all.y == untapped.y)
         #expect(all.tapped["y"] == untapped.y)
@@ -63,5 +69,32 @@ struct FusedTapTests {
         // Runs again with the same taps give the same bits (the tap buffer is reused).
         let again = try run(.all)
         #expect(again.tapped == all.tapped)
+    }
+
+    /// x → Conv 3×3 (c) → Clip (r), y = c + r: the Conv output lives on, so the clip cannot run in
+    /// place, and x dies at the Conv. The fused kernel writes r while it reads x, so r must not be
+    /// given x's buffer (it was, before clip buffers were taken one step early).
+    @Test("a Clip fused into its Conv never gets the buffer of an input the Conv is still reading",
+          arguments: [false, true])
+    func fusedClipBufferIsNotAnInput(plannedForTaps: Bool) throws {
+        var rng = KernelTestRNG(seed: 7)
+        // Large enough for the Conv to run in several column blocks, each reading x after the
+        // blocks before it wrote theirs.
+        var b = MB(); b.input("x", [1, 8, 64, 64]); b.output("y")
+        let w = rng.floats(16 * 72), bias = rng.floats(16)
+        b.floats("w", [16, 8, 3, 3], w); b.floats("b", [16], bias)
+        b.floats("zero", [], [0]); b.floats("six", [], [6])
+        b.node("Conv", ["x", "w", "b"], ["c"], [MB.attr("pads", ints: [1, 1, 1, 1])])
+        b.node("Clip", ["c", "zero", "six"], ["r"])
+        b.node("Add", ["c", "r"], ["y"])
+        let s = try InferenceSession(modelData: b.bytes(), baseDirectory: nil,
+                                     options: SessionOptions(profile: true, plannedForTaps: plannedForTaps))
+        let xs = rng.floats(8 * 64 * 64).map { $0 * 3 }
+        let y = try #require(try s.run(["x": Tensor(shape: [1, 8, 64, 64], data: xs)])["y"])
+        #expect(s.profile().contains { $0.opType == "Conv+Clip" })
+        let g = Conv2DGeometry(batch: 1, inChannels: 8, inHeight: 64, inWidth: 64, outChannels: 16,
+                               kernelHeight: 3, kernelWidth: 3, padTop: 1, padLeft: 1, padBottom: 1, padRight: 1)
+        let c = referenceConv(xs, w, bias, g)
+        #expect(toleranceExcess(y.data, c.map { $0 + min(max($0, 0), 6) }) <= 0)
     }
 }
