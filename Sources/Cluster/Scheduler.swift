@@ -139,9 +139,14 @@ public struct Scheduler {
     // MARK: leases
 
     /// Hands out shards to every worker with free credit. Deterministic for a given history.
+    ///
+    /// Near the end of the queue (fewer shards pending than the workers' credits together, with more
+    /// than one worker) a worker gets a shard only when it holds none: a shard leased ahead to a busy worker would wait there
+    /// while another worker runs dry, and the run would end that much later.
     public mutating func assign(now: Double) -> [(worker: WorkerKey, shard: ShardSpec)] {
         var out: [(WorkerKey, ShardSpec)] = []
         if pendingStack.isEmpty { return [] }
+        let totalCredits = workers.count > 1 ? workers.values.reduce(0) { $0 + $1.window } : 0
         // Least-loaded first, ties by name, so fast workers (whose credits come back sooner) take more.
         let order = workers.keys.sorted { a, b in
             let la = workers[a]!.leased.count, lb = workers[b]!.leased.count
@@ -151,6 +156,7 @@ public struct Scheduler {
         while progress && !pendingStack.isEmpty {
             progress = false
             for key in order where workers[key]!.leased.count < workers[key]!.window {
+                if pendingStack.count < totalCredits && !workers[key]!.leased.isEmpty { continue }
                 guard let shard = takeShard(for: key) else { continue }
                 workers[key]!.leased.insert(shard)
                 leases[shard] = (key, now)

@@ -7,7 +7,7 @@ struct SchedulerTests {
 
     @Test("credit windows bound the leases per worker; results free credit")
     func credits() {
-        var s = Scheduler(shards: ShardSpec.plan(sampleCount: 10, shardSize: 2), livenessTimeout: 5)
+        var s = Scheduler(shards: ShardSpec.plan(sampleCount: 20, shardSize: 2), livenessTimeout: 5)
         s.admit(a, name: "a", now: 0)
         s.admit(b, name: "b", now: 0)
         s.setWindow(a, credits: 2, now: 0)
@@ -18,7 +18,33 @@ struct SchedulerTests {
         #expect(s.assign(now: 0).isEmpty)
         #expect(s.complete(shard: first[0].shard.id, from: first[0].worker, samples: 2, computeSeconds: 0, now: 1) == .merge)
         #expect(s.assign(now: 1).count == 1)
-        #expect(s.pendingCount == 1)
+        #expect(s.pendingCount == 6)
+    }
+
+    @Test("near the end of the queue no worker is leased ahead: the last shards go to workers that run dry")
+    func tail() {
+        var s = Scheduler(shards: ShardSpec.plan(sampleCount: 7, shardSize: 1), livenessTimeout: 5)
+        s.admit(a, name: "a", now: 0)
+        s.admit(b, name: "b", now: 0)
+        s.setWindow(a, credits: 2, now: 0)
+        s.setWindow(b, credits: 2, now: 0)
+        // 7 pending >= 4 credits: both fill their windows (least loaded first, ties by name).
+        #expect(s.assign(now: 0).map { [$0.worker == a ? "a" : "b": $0.shard.id] } == [["a": 0], ["b": 1], ["a": 2], ["b": 3]])
+        // a finishes shard 0 with 3 pending (< 4 credits): a still holds shard 2, so nothing more.
+        #expect(s.complete(shard: 0, from: a, samples: 1, computeSeconds: 0, now: 1) == .merge)
+        #expect(s.assign(now: 1).isEmpty)
+        // a runs dry: one shard, not two.
+        #expect(s.complete(shard: 2, from: a, samples: 1, computeSeconds: 0, now: 2) == .merge)
+        #expect(s.assign(now: 2).map(\.shard.id) == [4])
+        #expect(s.workers[a]!.leased == [4] && s.workers[b]!.leased == [1, 3])
+        // b finishes one: it still holds another, so shards 5 and 6 wait for whoever runs dry.
+        #expect(s.complete(shard: 1, from: b, samples: 1, computeSeconds: 0, now: 3) == .merge)
+        #expect(s.assign(now: 3).isEmpty)
+        #expect(s.complete(shard: 4, from: a, samples: 1, computeSeconds: 0, now: 4) == .merge)
+        #expect(s.assign(now: 4).map(\.shard.id) == [5])
+        #expect(s.complete(shard: 3, from: b, samples: 1, computeSeconds: 0, now: 5) == .merge)
+        #expect(s.assign(now: 5).map(\.shard.id) == [6])
+        #expect(s.pendingCount == 0 && s.workers[b]!.leased == [6])
     }
 
     @Test("liveness expiry returns the silent worker's shards first in line; late result still merges once")
