@@ -20,8 +20,24 @@ enum BLASSetup {
     static let once: Void = {
         upgradeCoreIfDetectionFellBack()
         openblas_set_num_threads(1)
+        stopServerThreads()
         coreName = currentCoreName()
     }()
+
+    /// OpenBLAS starts its own thread pool when the library loads (one thread per further core),
+    /// and those threads keep waking to sched_yield although shardcal never gives them work:
+    /// measured ~4% of a core per process (11 of 300 clock ticks beside a 1-thread engine run),
+    /// taken from the other worker when calibration workers fill every core. Stops them with
+    /// OpenBLAS's exported `blas_thread_shutdown_` (what its fork handler calls; a multi-threaded
+    /// call would start them again, and shardcal makes none). Looked up at run time, so builds
+    /// without a thread server are left alone. OPENBLAS_NUM_THREADS=1 has the same effect.
+    static func stopServerThreads() {
+        #if os(Linux)
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "blas_thread_shutdown_") else { return }
+        typealias IntFn = @convention(c) () -> Int32
+        _ = unsafeBitCast(sym, to: IntFn.self)()
+        #endif
+    }
 
     static func currentCoreName() -> String {
         guard let p = openblas_get_corename() else { return "" }
