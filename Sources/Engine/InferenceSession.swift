@@ -69,9 +69,13 @@ public final class InferenceSession: @unchecked Sendable {
     }
 
     private func plan(for shapes: [String: [Int]]) throws -> Plan {
-        try plans.plan(for: inputs.map { shapes[$0.name] ?? [] }, keeping: options.maxCachedPlans) {
-            try Planner(graph: graph, initializerBuffers: initializers, logger: logger, separateFusedClips: options.plannedForTaps).build(inputShapes: shapes)
-        }
+        try plans.plan(for: inputs.map { shapes[$0.name] ?? [] }, keeping: options.maxCachedPlans) { try buildPlan(shapes) }
+    }
+
+    /// A new plan for these input shapes, as this session's options ask.
+    private func buildPlan(_ shapes: [String: [Int]]) throws -> Plan {
+        try Planner(graph: graph, initializerBuffers: initializers, logger: logger, separateFusedClips: options.plannedForTaps)
+            .build(inputShapes: shapes)
     }
 
     /// Names of the activations a tap with `filter` observes, in the order it sees them, for the
@@ -202,9 +206,7 @@ public final class InferenceSession: @unchecked Sendable {
             for size in Set(slices.map(\.count)) {
                 let sliceShapes = shapes.mapValues { [size] + $0.dropFirst() }
                 byRows[size] = try laneStates[l].plans.plan(for: inputs.map { sliceShapes[$0.name] ?? [] },
-                                                            keeping: options.maxCachedPlans) {
-                    try Planner(graph: graph, initializerBuffers: initializers, logger: logger, separateFusedClips: options.plannedForTaps).build(inputShapes: sliceShapes)
-                }
+                                                            keeping: options.maxCachedPlans) { try buildPlan(sliceShapes) }
             }
             lanePlans.append(byRows)
         }

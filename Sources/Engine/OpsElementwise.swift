@@ -38,6 +38,9 @@ struct BroadcastLoop {
     /// residual Add [1, 24, 56, 56] (75 Ki values) of EfficientNet-Lite0 at 2 threads: 0.10 ms
     /// split, 0.05 ms on one thread (the halves written by the producer on the other core).
     static let parallelThreshold = 262_144
+    /// The same for `elementwise` loops: unary ops (Sigmoid, Exp, HardSwish...) cost several times a
+    /// binary op per value.
+    static let unaryParallelThreshold = 65536
 
     @inline(__always)
     func run<T>(_ a: UnsafePointer<T>, _ b: UnsafePointer<T>, _ o: UnsafeMutablePointer<T>, threads: Int = 1,
@@ -101,8 +104,7 @@ struct BroadcastLoop {
 /// Runs `body` over `0..<n` split across threads when `n` is large enough.
 @inline(__always)
 func elementwise(_ n: Int, threads: Int, _ body: (Range<Int>) -> Void) {
-    // Unary ops (Sigmoid, Exp, HardSwish...) cost several times a binary op per value.
-    parallelChunks(n, threads: n >= 65536 ? threads : 1, body)
+    parallelChunks(n, threads: n >= BroadcastLoop.unaryParallelThreshold ? threads : 1, body)
 }
 
 enum BinaryKind: String {

@@ -192,9 +192,8 @@ struct Planner {
         }
         findClipFusions(plan)
         if separateFusedClips {
-            for (_, f) in plan.clipFusions {
-                if let c = plan.steps.firstIndex(where: { $0.outputs.first == f.clipped }) { plan.steps[c].inPlaceInputs = [] }
-            }
+            // The clip of a fusion is the step right after its producer.
+            for producer in plan.clipFusions.keys { plan.steps[producer + 1].inPlaceInputs = [] }
         }
         assignBuffers(plan)
         logger.debug("built plan", metadata: ["steps": "\(plan.steps.count)", "folded": "\(foldedCount)",
