@@ -141,8 +141,8 @@ public struct Scheduler {
     /// Hands out shards to every worker with free credit. Deterministic for a given history.
     ///
     /// Near the end of the queue (fewer shards pending than the workers' credits together, with more
-    /// than one worker) a worker gets a shard only when it holds none: a shard leased ahead to a busy worker would wait there
-    /// while another worker runs dry, and the run would end that much later.
+    /// than one worker) a worker gets a shard only when it holds none: a shard leased ahead to a
+    /// busy worker would wait there while another worker runs dry, and the run would end later.
     public mutating func assign(now: Double) -> [(worker: WorkerKey, shard: ShardSpec)] {
         var out: [(WorkerKey, ShardSpec)] = []
         if pendingStack.isEmpty { return [] }

@@ -5,13 +5,20 @@ import Testing
 struct SchedulerTests {
     let a: [UInt8] = Array("a".utf8), b: [UInt8] = Array("b".utf8)
 
-    @Test("credit windows bound the leases per worker; results free credit")
-    func credits() {
-        var s = Scheduler(shards: ShardSpec.plan(sampleCount: 20, shardSize: 2), livenessTimeout: 5)
+    /// `sampleCount` samples in shards of `shardSize`, workers a and b admitted at time 0 with
+    /// these credit windows.
+    func twoWorkers(sampleCount: Int, shardSize: Int = 1, credits: (a: Int, b: Int)) -> Scheduler {
+        var s = Scheduler(shards: ShardSpec.plan(sampleCount: sampleCount, shardSize: shardSize), livenessTimeout: 5)
         s.admit(a, name: "a", now: 0)
         s.admit(b, name: "b", now: 0)
-        s.setWindow(a, credits: 2, now: 0)
-        s.setWindow(b, credits: 1, now: 0)
+        s.setWindow(a, credits: credits.a, now: 0)
+        s.setWindow(b, credits: credits.b, now: 0)
+        return s
+    }
+
+    @Test("credit windows bound the leases per worker; results free credit")
+    func credits() {
+        var s = twoWorkers(sampleCount: 20, shardSize: 2, credits: (2, 1))
         let first = s.assign(now: 0)
         #expect(first.count == 3)
         #expect(s.workers[a]!.leased.count == 2 && s.workers[b]!.leased.count == 1)
@@ -23,11 +30,7 @@ struct SchedulerTests {
 
     @Test("near the end of the queue no worker is leased ahead: the last shards go to workers that run dry")
     func tail() {
-        var s = Scheduler(shards: ShardSpec.plan(sampleCount: 7, shardSize: 1), livenessTimeout: 5)
-        s.admit(a, name: "a", now: 0)
-        s.admit(b, name: "b", now: 0)
-        s.setWindow(a, credits: 2, now: 0)
-        s.setWindow(b, credits: 2, now: 0)
+        var s = twoWorkers(sampleCount: 7, credits: (2, 2))
         // 7 pending >= 4 credits: both fill their windows (least loaded first, ties by name).
         #expect(s.assign(now: 0).map { [$0.worker == a ? "a" : "b": $0.shard.id] } == [["a": 0], ["b": 1], ["a": 2], ["b": 3]])
         // a finishes shard 0 with 3 pending (< 4 credits): a still holds shard 2, so nothing more.
