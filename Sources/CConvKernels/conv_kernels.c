@@ -501,11 +501,14 @@ void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float 
 #define SHC_STORE_Y 0
 #define SHC_STORE_CLIP 1
 #define SHC_STORE_BOTH 2
+/* With a residual addend r (a following Add): y + r only (in place over y); y and y + r. */
+#define SHC_STORE_SUM 3
+#define SHC_STORE_Y_SUM 4
 
 __attribute__((target("avx512f"), always_inline))
 static inline void shc_pw_tile(const float *x, const float *w, const float *bias, float *y,
                                long ic, long ldx, long ldy, long o, long p, const int MR, const int NV, __mmask16 last,
-                               const int mode, float *clip_out, float lo, float hi) {
+                               const int mode, float *clip_out, float lo, float hi, const float *addend, float *sum_out) {
     __m512 acc[SHC_PW_MR][SHC_PW_NV];
     for (int r = 0; r < MR; r++) {
         const __m512 b = _mm512_set1_ps(bias ? bias[o + r] : 0.0f);
@@ -528,11 +531,15 @@ static inline void shc_pw_tile(const float *x, const float *w, const float *bias
         for (int v = 0; v < NV; v++) {
             const __mmask16 m = (v == NV - 1) ? last : (__mmask16)0xFFFF;
             const long off = (o + r) * ldy + p + v * 16;
-            if (mode != SHC_STORE_CLIP) _mm512_mask_storeu_ps(y + off, m, acc[r][v]);
-            if (mode != SHC_STORE_Y)
+            if (mode == SHC_STORE_Y || mode == SHC_STORE_BOTH || mode == SHC_STORE_Y_SUM)
+                _mm512_mask_storeu_ps(y + off, m, acc[r][v]);
+            if (mode == SHC_STORE_CLIP || mode == SHC_STORE_BOTH)
                 /* max/min return their second operand when either is NaN: NaN passes through,
                  * as x < lo ? lo : (x > hi ? hi : x) does. */
                 _mm512_mask_storeu_ps(clip_out + off, m, _mm512_min_ps(vhi, _mm512_max_ps(vlo, acc[r][v])));
+            if (mode == SHC_STORE_SUM || mode == SHC_STORE_Y_SUM)
+                /* One rounded addition per element, as the Add kernel does (a + b == b + a). */
+                _mm512_mask_storeu_ps(sum_out + off, m, _mm512_add_ps(acc[r][v], _mm512_maskz_loadu_ps(m, addend + off)));
         }
     }
 }
@@ -541,36 +548,36 @@ static inline void shc_pw_tile(const float *x, const float *w, const float *bias
 __attribute__((target("avx512f"), always_inline))
 static inline void shc_pw_rows(const float *x, const float *w, const float *bias, float *y,
                                long ic, long ldx, long ldy, long o, const int MR, long p0, long p1,
-                               const int mode, float *clip_out, float lo, float hi) {
+                               const int mode, float *clip_out, float lo, float hi, const float *addend, float *sum_out) {
     long p = p0;
     for (; p + 16 * SHC_PW_NV <= p1; p += 16 * SHC_PW_NV)
-        shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, SHC_PW_NV, 0xFFFF, mode, clip_out, lo, hi);
+        shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, SHC_PW_NV, 0xFFFF, mode, clip_out, lo, hi, addend, sum_out);
     const long rest = p1 - p;
     if (rest <= 0) return;
     const long nv = (rest + 15) / 16;
     const long lastLanes = rest - (nv - 1) * 16;
     const __mmask16 last = (__mmask16)(lastLanes >= 16 ? 0xFFFFu : ((1u << lastLanes) - 1u));
     switch (nv) {
-    case 1: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 1, last, mode, clip_out, lo, hi); break;
-    case 2: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 2, last, mode, clip_out, lo, hi); break;
-    case 3: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 3, last, mode, clip_out, lo, hi); break;
-    default: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 4, last, mode, clip_out, lo, hi); break;
+    case 1: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 1, last, mode, clip_out, lo, hi, addend, sum_out); break;
+    case 2: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 2, last, mode, clip_out, lo, hi, addend, sum_out); break;
+    case 3: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 3, last, mode, clip_out, lo, hi, addend, sum_out); break;
+    default: shc_pw_tile(x, w, bias, y, ic, ldx, ldy, o, p, MR, 4, last, mode, clip_out, lo, hi, addend, sum_out); break;
     }
 }
 
 __attribute__((target("avx512f"), always_inline))
 static inline void shc_pw_block(const float *x, const float *w, const float *bias, float *y,
                                 long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
-                                const int mode, float *clip_out, float lo, float hi) {
+                                const int mode, float *clip_out, float lo, float hi, const float *addend, float *sum_out) {
     long o = o0;
     for (; o + SHC_PW_MR <= o1; o += SHC_PW_MR)
-        shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, SHC_PW_MR, p0, p1, mode, clip_out, lo, hi);
+        shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, SHC_PW_MR, p0, p1, mode, clip_out, lo, hi, addend, sum_out);
     switch (o1 - o) {
-    case 5: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 5, p0, p1, mode, clip_out, lo, hi); break;
-    case 4: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 4, p0, p1, mode, clip_out, lo, hi); break;
-    case 3: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 3, p0, p1, mode, clip_out, lo, hi); break;
-    case 2: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 2, p0, p1, mode, clip_out, lo, hi); break;
-    case 1: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 1, p0, p1, mode, clip_out, lo, hi); break;
+    case 5: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 5, p0, p1, mode, clip_out, lo, hi, addend, sum_out); break;
+    case 4: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 4, p0, p1, mode, clip_out, lo, hi, addend, sum_out); break;
+    case 3: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 3, p0, p1, mode, clip_out, lo, hi, addend, sum_out); break;
+    case 2: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 2, p0, p1, mode, clip_out, lo, hi, addend, sum_out); break;
+    case 1: shc_pw_rows(x, w, bias, y, ic, ldx, ldy, o, 1, p0, p1, mode, clip_out, lo, hi, addend, sum_out); break;
     default: break;
     }
 }
@@ -580,14 +587,20 @@ static inline void shc_pw_block(const float *x, const float *w, const float *bia
 __attribute__((target("avx512f")))
 void shardcal_pointwise_avx512(const float *x, const float *w, const float *bias, float *y,
                                long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
-                               float *clip_out, float lo, float hi) {
+                               float *clip_out, float lo, float hi, const float *addend, float *sum_out) {
     long chunk = (SHC_PW_CHUNK_BYTES / 4 / (ic > 0 ? ic : 1)) / 64 * 64;
     if (chunk < 64) chunk = 64;
     for (long c0 = p0; c0 < p1; c0 += chunk) {
         const long c1 = c0 + chunk < p1 ? c0 + chunk : p1;
-        if (!clip_out) shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, SHC_STORE_Y, clip_out, lo, hi);
-        else if (clip_out == y) shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, SHC_STORE_CLIP, clip_out, lo, hi);
-        else shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, SHC_STORE_BOTH, clip_out, lo, hi);
+#define SHC_PW_BLOCK(M) shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, M, clip_out, lo, hi, addend, sum_out)
+        if (addend && sum_out) {
+            if (sum_out == y) SHC_PW_BLOCK(SHC_STORE_SUM);
+            else SHC_PW_BLOCK(SHC_STORE_Y_SUM);
+        }
+        else if (!clip_out) SHC_PW_BLOCK(SHC_STORE_Y);
+        else if (clip_out == y) SHC_PW_BLOCK(SHC_STORE_CLIP);
+        else SHC_PW_BLOCK(SHC_STORE_BOTH);
+#undef SHC_PW_BLOCK
     }
 }
 #endif /* __x86_64__ */

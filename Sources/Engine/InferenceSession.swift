@@ -291,6 +291,18 @@ public final class InferenceSession: @unchecked Sendable {
                     continue
                 }
             }
+            if let f = p.residualFusions[i] {
+                // Conv + the residual Add after it in one call, under the same rule as clips.
+                let sumBuffer = p.slots[f.sum].buffer
+                if sumBuffer != p.slots[f.source].buffer || !observed(f.source) {
+                    let residual = FusedResidual(addend: UnsafePointer(buffers[p.slots[f.addend].buffer]), sum: buffers[sumBuffer])
+                    timed(step, fused: p.steps[i + 1].opType) { f.kernel(ins, outs, residual, context) }
+                    for s in step.outputs { emit(s) }
+                    for s in p.steps[i + 1].outputs { emit(s) }
+                    i += 2
+                    continue
+                }
+            }
             timed(step) { step.kernel(ins, outs, context) }
             for s in step.outputs { emit(s) }
             i += 1

@@ -27,10 +27,16 @@ enum SymValue {
 typealias ClipEpilogueKernel = (_ ins: [UnsafePointer<Float>?], _ outs: [UnsafeMutablePointer<Float>],
                                 _ clip: FusedClip?, _ ctx: ExecContext) -> Void
 
+/// A kernel that can also write output 0 + addend (a residual Add after it) block by block while
+/// the block is in registers (see `FusedResidual`).
+typealias ResidualEpilogueKernel = (_ ins: [UnsafePointer<Float>?], _ outs: [UnsafeMutablePointer<Float>],
+                                    _ residual: FusedResidual, _ ctx: ExecContext) -> Void
+
 /// What the planner may fuse a step with.
 enum StepFusion {
-    /// The step's kernel can clip its output 0 in its epilogue (Conv).
-    case clipEpilogue(ClipEpilogueKernel)
+    /// The step's kernel can clip its output 0 in its epilogue (Conv), and, where `residual` is
+    /// given, add a same-shaped tensor to it instead (a following Add; only where that pays).
+    case epilogue(clip: ClipEpilogueKernel, residual: ResidualEpilogueKernel?)
     /// The step clips its input 0 elementwise into output 0 (Clip, Relu).
     case clip(min: Float, max: Float)
 }

@@ -39,6 +39,12 @@ final class Plan {
         /// The producer's output 0 (the clip's input) and the clip's output.
         let source: Int, clipped: Int
     }
+    /// A Conv whose kernel can also write the residual Add right after it: output 0 + addend.
+    struct ResidualFusion {
+        let kernel: ResidualEpilogueKernel
+        /// The producer's output 0, the Add's other input, and the Add's output.
+        let source: Int, addend: Int, sum: Int
+    }
     struct Slot {
         let name: String
         let opType: String
@@ -60,6 +66,8 @@ final class Plan {
     /// Producer step index -> fusion with the clip step right after it. The executor runs the pair
     /// as one kernel call unless a tap must see the unclipped tensor in a buffer the clip reuses.
     var clipFusions: [Int: ClipFusion] = [:]
+    /// Producer step index -> fusion with the Add step right after it (same rules as clips).
+    var residualFusions: [Int: ResidualFusion] = [:]
     /// Buffers of the assignment, allocated on first run and kept.
     private var buffers: [UnsafeMutablePointer<Float>] = []
 
@@ -191,9 +199,18 @@ struct Planner {
             }
         }
         findClipFusions(plan)
+        findResidualFusions(plan)
         if separateFusedClips {
-            // The clip of a fusion is the step right after its producer.
+            // The clip (Add) of a fusion is the step right after its producer. An Add may still
+            // take over its addend's buffer: only the producer's output must stay visible.
             for producer in plan.clipFusions.keys { plan.steps[producer + 1].inPlaceInputs = [] }
+            for (producer, f) in plan.residualFusions {
+                let add = plan.steps[producer + 1]
+                plan.steps[producer + 1].inPlaceInputs = add.inPlaceInputs.filter { pos in
+                    if case .slot(let s) = add.inputs[pos] { return s != f.source }
+                    return true
+                }
+            }
         }
         assignBuffers(plan)
         logger.debug("built plan", metadata: ["steps": "\(plan.steps.count)", "folded": "\(foldedCount)",
@@ -208,11 +225,30 @@ struct Planner {
         for i in plan.steps.indices.dropLast() {
             let producer = plan.steps[i], next = plan.steps[i + 1]
             // Found before buffers are assigned: nothing here depends on them.
-            guard case .clipEpilogue(let kernel)? = producer.fusion, case .clip(let lo, let hi)? = next.fusion,
+            guard case .epilogue(let kernel, _)? = producer.fusion, case .clip(let lo, let hi)? = next.fusion,
                   let source = producer.outputs.first, let clipped = next.outputs.first,
                   case .slot(let s)? = next.inputs.first, s == source,
                   plan.slots[source].count == plan.slots[clipped].count else { continue }
             plan.clipFusions[i] = .init(kernel: kernel, min: lo, max: hi, source: source, clipped: clipped)
+        }
+    }
+
+    /// Pairs (Conv with a residual epilogue, Add of its output 0 and a same-shaped tensor as the
+    /// very next step). Not when the addend is one of the Conv's own inputs: the sum may take over
+    /// the addend's buffer, which the Conv would then still be reading.
+    private func findResidualFusions(_ plan: Plan) {
+        for i in plan.steps.indices.dropLast() where plan.clipFusions[i] == nil {
+            let producer = plan.steps[i], next = plan.steps[i + 1]
+            guard case .epilogue(_, let kernel?)? = producer.fusion, next.opType == "Add", next.inputs.count == 2,
+                  let source = producer.outputs.first, next.outputs.count == 1, let sum = next.outputs.first,
+                  case .slot(let a)? = next.inputs.first, case .slot(let b)? = next.inputs.last,
+                  (a == source) != (b == source) else { continue }
+            let addend = a == source ? b : a
+            let shape = plan.slots[source].shape
+            guard plan.slots[addend].shape == shape, plan.slots[sum].shape == shape,
+                  !producer.inputs.contains(where: { if case .slot(addend) = $0 { return true } else { return false } })
+            else { continue }
+            plan.residualFusions[i] = .init(kernel: kernel, source: source, addend: addend, sum: sum)
         }
     }
 
@@ -283,11 +319,12 @@ struct Planner {
                 inPlaceCount += 1
             }
             for s in step.outputs.dropFirst(first) where !early.contains(s) { allocate(s) }
-            // A Clip fused into this step is written by this step's kernel, while this step's inputs
-            // are read: unless it runs in place, its buffer is taken now, before those inputs free theirs.
-            if let f = plan.clipFusions[i], inPlaceSource(i + 1) == nil {
-                allocate(f.clipped)
-                early.insert(f.clipped)
+            // A Clip (Add) fused into this step is written by this step's kernel, while this step's
+            // inputs are read: unless it runs in place, its buffer is taken now, before those inputs
+            // free theirs.
+            if let fused = plan.clipFusions[i]?.clipped ?? plan.residualFusions[i]?.sum, inPlaceSource(i + 1) == nil {
+                allocate(fused)
+                early.insert(fused)
             }
             for case .slot(let s) in step.inputs where lastUse[s] == i && !released.contains(s) {
                 released.insert(s)

@@ -59,10 +59,14 @@ int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, floa
  * NULL), then one FMA per input channel in ascending order. x has ic rows of stride ldx, y has
  * rows of stride ldy (both the plane size for NCHW), w is row-major with ic columns.
  * clip_out: NULL, or where clip(y) = (y < lo ? lo : (y > hi ? hi : y)) is stored, at the same
- * offsets as y; when it equals y only the clipped values are stored (in place), otherwise both. */
+ * offsets as y; when it equals y only the clipped values are stored (in place), otherwise both.
+ * addend, sum_out: both NULL, or a residual Add fused into the store (then clip_out is ignored):
+ * sum_out receives y + addend (one rounded addition, as a separate Add computes it), both at the
+ * same offsets as y; when sum_out equals y only the sums are stored (in place), otherwise y too.
+ * sum_out may equal addend (each element is read before it is overwritten). */
 void shardcal_pointwise_avx512(const float *x, const float *w, const float *bias, float *y,
                                long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
-                               float *clip_out, float lo, float hi);
+                               float *clip_out, float lo, float hi, const float *addend, float *sum_out);
 
 /* sums[j - j0] = Σ_p x[p]·w[j·ldw + p] for rows j in [j0, j1) (AVX-512F; 16 FMA lanes, fixed lane
  * reduction, then the tail in order: a row's sum does not depend on j0, j1 or the other rows). */

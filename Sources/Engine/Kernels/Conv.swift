@@ -32,22 +32,32 @@ extension Kernels {
 
     static func conv2dImpl(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                            output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry,
-                           scratch: KernelScratch, threads: Int, fusedClip: FusedClip? = nil) {
+                           scratch: KernelScratch, threads: Int, fusedClip: FusedClip? = nil,
+                           fusedResidual: FusedResidual? = nil) {
         precondition(g.group >= 1 && g.inChannels % g.group == 0 && g.outChannels % g.group == 0,
                      "conv2d: channels not divisible by group")
+        precondition(fusedClip == nil || fusedResidual == nil, "conv2d: a fused clip and a fused residual together")
         let oh = g.outHeight, ow = g.outWidth
         if g.batch <= 0 || g.outChannels == 0 || oh <= 0 || ow <= 0 { return }
+        let pointwise = g.kernelHeight == 1 && g.kernelWidth == 1 && g.strideH == 1 && g.strideW == 1
+            && g.padTop == 0 && g.padLeft == 0 && g.padBottom == 0 && g.padRight == 0
+        if let fusedResidual, !(pointwise && VectorISA.best == .avx512 && g.group != g.inChannels) {
+            // Other paths: the plain convolution, then the addition as its own pass.
+            conv2dImpl(input: input, weight: weight, bias: bias, output: output, geometry: g, scratch: scratch,
+                       threads: threads, fusedClip: nil)
+            let count = g.batch * g.outChannels * oh * ow
+            for i in 0..<count { fusedResidual.sum[i] = output[i] + fusedResidual.addend[i] }
+            return
+        }
         if g.group == g.inChannels && g.outChannels == g.inChannels && g.group > 1 {
             depthwiseConv2d(input: input, weight: weight, bias: bias, output: output, geometry: g,
                             scratch: scratch, threads: threads, fusedClip: fusedClip)
             return
         }
-        let pointwise = g.kernelHeight == 1 && g.kernelWidth == 1 && g.strideH == 1 && g.strideW == 1
-            && g.padTop == 0 && g.padLeft == 0 && g.padBottom == 0 && g.padRight == 0
         #if arch(x86_64)
         if pointwise && VectorISA.best == .avx512 {
             pointwiseConvAVX512(input: input, weight: weight, bias: bias, output: output, geometry: g,
-                                threads: threads, fusedClip: fusedClip)
+                                threads: threads, fusedClip: fusedClip, fusedResidual: fusedResidual)
             return
         }
         #endif
@@ -83,7 +93,8 @@ extension Kernels {
                     im2col(xg, channels: icg, geometry: g, from: p0, to: p1, col: myCol)
                     // col (kdim × block) as the pointwise kernel's input; bias and clip in its store.
                     shardcal_pointwise_avx512(myCol - p0, wg, bg, yg, kdim, p1 - p0, outPlane, 0, ocg, p0, p1,
-                                              fusedClip.map { $0.output + (yg - output) }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
+                                              fusedClip.map { $0.output + (yg - output) }, fusedClip?.min ?? 0, fusedClip?.max ?? 0,
+                                              nil, nil)
                     return
                 }
                 fillBias(yg, bias: bg, channels: ocg, plane: outPlane, from: p0, to: p1)

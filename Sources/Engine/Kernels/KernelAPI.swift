@@ -77,16 +77,31 @@ public struct FusedClip {
     }
 }
 
+/// A residual Add fused into a kernel: `sum` (same shape as the kernel's output) receives
+/// `output + addend` element by element (one rounded addition, as the Add kernel computes it),
+/// written while each output block is still in registers. `sum` may be the kernel's own output
+/// (then only the sums are stored) or `addend` itself; it must not be an input the kernel reads.
+public struct FusedResidual {
+    public var addend: UnsafePointer<Float>
+    public var sum: UnsafeMutablePointer<Float>
+    public init(addend: UnsafePointer<Float>, sum: UnsafeMutablePointer<Float>) {
+        self.addend = addend; self.sum = sum
+    }
+}
+
 public enum Kernels {
     /// Y = conv(X, W) + B. Handles groups, depthwise, dilation, stride, asymmetric pads.
     /// With `fusedClip`, also writes clip(Y) (a following Clip/Relu) into `fusedClip.output` block by
     /// block while Y is still in cache; Y itself is still written (so it can be tapped) unless
-    /// `fusedClip.output == output` (clip in place).
+    /// `fusedClip.output == output` (clip in place). With `fusedResidual` (not together with
+    /// `fusedClip`), also writes Y + addend: in the store of the AVX-512 pointwise kernel, as a pass
+    /// after the convolution on every other path.
     public static func conv2d(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                               output: UnsafeMutablePointer<Float>, geometry: Conv2DGeometry,
-                              scratch: KernelScratch, threads: Int, fusedClip: FusedClip? = nil) {
+                              scratch: KernelScratch, threads: Int, fusedClip: FusedClip? = nil,
+                              fusedResidual: FusedResidual? = nil) {
         conv2dImpl(input: input, weight: weight, bias: bias, output: output, geometry: geometry, scratch: scratch,
-                   threads: threads, fusedClip: fusedClip)
+                   threads: threads, fusedClip: fusedClip, fusedResidual: fusedResidual)
     }
 
     /// ConvTranspose 2-D. Weight layout (C_in, C_out/group, kH, kW). Output dims given in geometry's

@@ -1,7 +1,7 @@
 // Pointwise (1×1, stride 1, unpadded) convolution with the AVX-512 C kernel
 // (Sources/CConvKernels): Y[n, o, p] = B[o] + Σ_i W[o, i] · X[n, i, p], one register tile of
 // 6 output channels × 64 pixels at a time, bias as the accumulator's start and an optional clip
-// applied before the single store. Used instead of sgemm on CPUs with AVX-512.
+// applied before the single store, or an optional residual addend added in it (a fused Add). Used instead of sgemm on CPUs with AVX-512.
 //
 // Each output element is computed by the same sequence of FMAs whatever the cut into tasks, so
 // tasks are chosen freely for load balance (from the per-image shape; results do not depend on
@@ -36,7 +36,7 @@ extension Kernels {
     /// Pointwise conv (group g: per-group products) with `shardcal_pointwise_avx512`.
     static func pointwiseConvAVX512(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                     output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry,
-                                    threads: Int, fusedClip: FusedClip?) {
+                                    threads: Int, fusedClip: FusedClip?, fusedResidual: FusedResidual? = nil) {
         let icg = g.inChannels / g.group, ocg = g.outChannels / g.group
         let P = g.outHeight * g.outWidth
         let split = PointwiseSplit(outChannels: ocg, inChannels: icg, pixels: P)
@@ -51,7 +51,8 @@ extension Kernels {
             shardcal_pointwise_avx512(input + (n * g.inChannels + grp * icg) * P, weight + grp * ocg * icg,
                                       bias.map { $0 + grp * ocg }, output + yOffset,
                                       icg, P, P, o0, o1, p0, p1,
-                                      fusedClip.map { $0.output + yOffset }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
+                                      fusedClip.map { $0.output + yOffset }, fusedClip?.min ?? 0, fusedClip?.max ?? 0,
+                                      fusedResidual.map { $0.addend + yOffset }, fusedResidual.map { $0.sum + yOffset })
         }
     }
     #endif
