@@ -582,26 +582,41 @@ static inline void shc_pw_block(const float *x, const float *w, const float *bia
     }
 }
 
+#define SHC_PW_DOT_COLS 4
+#define SHC_PW_DOT_MAX_IC 2048
+static void shc_pw_dot_tail(const float *x, const float *w, const float *bias, float *y,
+                            long ic, long ldx, long ldy, long o0, long o1, long q0, long q1,
+                            const int mode, float *clip_out, float lo, float hi, const float *addend, float *sum_out);
+
 /* Pixel chunks whose input columns (ic × chunk floats) stay in L2 while every row tile of
- * [o0, o1) sweeps them; row tiles outer, so each output row is written as one stream. */
+ * [o0, o1) sweeps them; row tiles outer, so each output row is written as one stream.
+ * When [p0, p1) ends in a partial 16-pixel vector of at most SHC_PW_DOT_COLS pixels (7×7 planes:
+ * 49 = 3·16 + 1), those pixels are not computed as a mostly masked vector (a 6×64 tile spends a
+ * quarter of its FMAs on one pixel there) but as dot products of each weight row with the
+ * pixel's input column (shc_pw_dot_tail). Which pixels take that path depends on p1 − p0 only. */
 __attribute__((target("avx512f")))
 void shardcal_pointwise_avx512(const float *x, const float *w, const float *bias, float *y,
                                long ic, long ldx, long ldy, long o0, long o1, long p0, long p1,
                                float *clip_out, float lo, float hi, const float *addend, float *sum_out) {
     long chunk = (SHC_PW_CHUNK_BYTES / 4 / (ic > 0 ? ic : 1)) / 64 * 64;
     if (chunk < 64) chunk = 64;
-    for (long c0 = p0; c0 < p1; c0 += chunk) {
-        const long c1 = c0 + chunk < p1 ? c0 + chunk : p1;
+    const int mode = addend && sum_out ? (sum_out == y ? SHC_STORE_SUM : SHC_STORE_Y_SUM)
+                   : !clip_out ? SHC_STORE_Y : (clip_out == y ? SHC_STORE_CLIP : SHC_STORE_BOTH);
+    const long rem = (p1 - p0) % 16;
+    const long q1 = rem > 0 && rem <= SHC_PW_DOT_COLS && ic <= SHC_PW_DOT_MAX_IC ? p1 - rem : p1;
+    for (long c0 = p0; c0 < q1; c0 += chunk) {
+        const long c1 = c0 + chunk < q1 ? c0 + chunk : q1;
 #define SHC_PW_BLOCK(M) shc_pw_block(x, w, bias, y, ic, ldx, ldy, o0, o1, c0, c1, M, clip_out, lo, hi, addend, sum_out)
-        if (addend && sum_out) {
-            if (sum_out == y) SHC_PW_BLOCK(SHC_STORE_SUM);
-            else SHC_PW_BLOCK(SHC_STORE_Y_SUM);
+        switch (mode) {
+        case SHC_STORE_SUM: SHC_PW_BLOCK(SHC_STORE_SUM); break;
+        case SHC_STORE_Y_SUM: SHC_PW_BLOCK(SHC_STORE_Y_SUM); break;
+        case SHC_STORE_Y: SHC_PW_BLOCK(SHC_STORE_Y); break;
+        case SHC_STORE_CLIP: SHC_PW_BLOCK(SHC_STORE_CLIP); break;
+        default: SHC_PW_BLOCK(SHC_STORE_BOTH); break;
         }
-        else if (!clip_out) SHC_PW_BLOCK(SHC_STORE_Y);
-        else if (clip_out == y) SHC_PW_BLOCK(SHC_STORE_CLIP);
-        else SHC_PW_BLOCK(SHC_STORE_BOTH);
 #undef SHC_PW_BLOCK
     }
+    if (q1 < p1) shc_pw_dot_tail(x, w, bias, y, ic, ldx, ldy, o0, o1, q1, p1, mode, clip_out, lo, hi, addend, sum_out);
 }
 #endif /* __x86_64__ */
 
@@ -652,6 +667,50 @@ void shardcal_dot_rows_avx512(const float *x, const float *w, long ldw, long k, 
         __m512 a0 = _mm512_setzero_ps();
         for (long p = 0; p < body; p += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + p), _mm512_loadu_ps(w0 + p), a0);
         sums[j - j0] = shc_lane_sum(a0) + shc_dot_tail(x, w0, body, k);
+    }
+}
+
+/* Pixels [q0, q1) (at most SHC_PW_DOT_COLS) of the pointwise product as dot products: the pixels'
+ * input columns are copied to contiguous memory, then per output row o and pixel: 16 lane sums
+ * (lane l takes channels i ≡ l mod 16 in ascending order, one FMA each), the fixed lane reduction
+ * of shc_lane_sum, plus the channels past 16·⌊ic/16⌋ in ascending order, then bias + that sum;
+ * stored as shc_pw_tile stores (same modes, NaN passing through the clip). */
+__attribute__((target("avx512f"), always_inline))
+static inline void shc_pw_dot_cols(const float *cols, const float *w, long ic, long o, const int NC, float *sums) {
+    const long body = ic / 16 * 16;
+    const float *wr = w + o * ic;
+    __m512 acc[SHC_PW_DOT_COLS];
+    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    for (long i = 0; i < body; i += 16) {
+        const __m512 wv = _mm512_loadu_ps(wr + i);
+        for (int c = 0; c < NC; c++) acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(cols + c * ic + i), wv, acc[c]);
+    }
+    for (int c = 0; c < NC; c++) sums[c] = shc_lane_sum(acc[c]) + shc_dot_tail(cols + c * ic, wr, body, ic);
+}
+
+__attribute__((target("avx512f")))
+static void shc_pw_dot_tail(const float *x, const float *w, const float *bias, float *y,
+                            long ic, long ldx, long ldy, long o0, long o1, long q0, long q1,
+                            const int mode, float *clip_out, float lo, float hi, const float *addend, float *sum_out) {
+    float cols[SHC_PW_DOT_COLS * SHC_PW_DOT_MAX_IC];
+    const int nc = (int)(q1 - q0);
+    for (int c = 0; c < nc; c++)
+        for (long i = 0; i < ic; i++) cols[c * ic + i] = x[i * ldx + q0 + c];
+    for (long o = o0; o < o1; o++) {
+        float sums[SHC_PW_DOT_COLS];
+        switch (nc) {
+        case 1: shc_pw_dot_cols(cols, w, ic, o, 1, sums); break;
+        case 2: shc_pw_dot_cols(cols, w, ic, o, 2, sums); break;
+        case 3: shc_pw_dot_cols(cols, w, ic, o, 3, sums); break;
+        default: shc_pw_dot_cols(cols, w, ic, o, 4, sums); break;
+        }
+        for (int c = 0; c < nc; c++) {
+            const float v = (bias ? bias[o] : 0.0f) + sums[c];
+            const long off = o * ldy + q0 + c;
+            if (mode == SHC_STORE_Y || mode == SHC_STORE_BOTH || mode == SHC_STORE_Y_SUM) y[off] = v;
+            if (mode == SHC_STORE_CLIP || mode == SHC_STORE_BOTH) clip_out[off] = v < lo ? lo : (v > hi ? hi : v);
+            if (mode == SHC_STORE_SUM || mode == SHC_STORE_Y_SUM) sum_out[off] = v + addend[off];
+        }
     }
 }
 #endif /* __x86_64__ */

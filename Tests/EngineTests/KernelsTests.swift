@@ -664,6 +664,47 @@ struct KernelsPointwiseTests {
         }
     }
 
+    /// The epilogues of the pointwise kernel on every store path (the 64-pixel tiles and the dot
+    /// products of a short last vector, pixels mod 16 = 1, 3, 4, 0): clip(y) and y + addend are
+    /// exactly what a separate Clip or Add computes from the stored y, whether written beside y or
+    /// in place (over y, or over the addend), and y itself is the plain convolution's.
+    @Test(arguments: [1, 2]) func pointwiseEpiloguesAreExact(threads: Int) {
+        var rng = KernelTestRNG(seed: 58)
+        for (ic, oc, hw) in [(11, 13, 49), (40, 7, 35), (40, 20, 196), (33, 9, 64), (70, 12, 1)] {
+            let g = Conv2DGeometry(batch: 2, inChannels: ic, inHeight: 1, inWidth: hw, outChannels: oc, kernelHeight: 1, kernelWidth: 1)
+            let n = 2 * oc * hw
+            let x = rng.floats(2 * ic * hw).map { $0 * 4 }, w = rng.floats(oc * ic), b = rng.floats(oc), r = rng.floats(n)
+            // mode: 0 plain, 1 clip beside, 2 clip in place, 3 sum beside, 4 sum over y, 5 sum over the addend.
+            func run(_ mode: Int) -> (y: [Float], extra: [Float]) {
+                var y = [Float](repeating: .nan, count: n), extra = mode == 5 ? r : [Float](repeating: .nan, count: n)
+                let addend = r
+                x.withUnsafeBufferPointer { xp in w.withUnsafeBufferPointer { wp in b.withUnsafeBufferPointer { bp in
+                    addend.withUnsafeBufferPointer { ap in y.withUnsafeMutableBufferPointer { yp in extra.withUnsafeMutableBufferPointer { ep in
+                        let y0 = yp.baseAddress!, e0 = ep.baseAddress!
+                        let clip = mode == 1 || mode == 2 ? FusedClip(output: mode == 2 ? y0 : e0, min: -0.5, max: 0.75) : nil
+                        let residual: FusedResidual? = switch mode {
+                        case 3: FusedResidual(addend: ap.baseAddress!, sum: e0)
+                        case 4: FusedResidual(addend: ap.baseAddress!, sum: y0)
+                        case 5: FusedResidual(addend: UnsafePointer(e0), sum: e0)
+                        default: nil
+                        }
+                        Kernels.conv2d(input: xp.baseAddress!, weight: wp.baseAddress!, bias: bp.baseAddress!, output: y0, geometry: g,
+                                       scratch: KernelScratch(), threads: threads, fusedClip: clip, fusedResidual: residual)
+                    } } }
+                } } }
+                return (y, extra)
+            }
+            let plain = run(0).y
+            #expect(kernelMaxAbsDiff(plain, referenceConv(x, w, b, g)) <= 2e-6 * Float(ic) + 1e-6, "\(g)")
+            let clipped = plain.map { $0 < -0.5 ? -0.5 : ($0 > 0.75 ? 0.75 : $0) }
+            let summed = zip(plain, r).map { $0 + $1 }
+            let beside = run(1), inPlace = run(2).y, sumBeside = run(3), sumOverY = run(4).y, sumOverAddend = run(5)
+            let exact = [beside.y == plain, beside.extra == clipped, inPlace == clipped, sumBeside.y == plain,
+                         sumBeside.extra == summed, sumOverY == summed, sumOverAddend.y == plain, sumOverAddend.extra == summed]
+            #expect(exact.allSatisfy { $0 }, "\(g): \(exact)")
+        }
+    }
+
     /// Task cuts of the pointwise kernel: whole register tiles, covering every pixel and channel once.
     @Test func splitCoversTheProductInWholeTiles() {
         for (oc, ic, p) in [(16, 32, 12544), (96, 16, 12544), (1152, 192, 49), (1280, 320, 49), (112, 672, 196), (1, 1, 1), (7, 3, 5)] {
