@@ -65,6 +65,98 @@ static inline unsigned shardcal_span_mask(long s, long W) {
     return upto & ~from;
 }
 
+/* ---- Stride-2 depthwise, square 3×3 / 5×5 kernels, dilation 1 (EfficientNet's and MobileNet's
+ * downsampling layers) ----
+ * Same per-element arithmetic as shardcal_dw_direct_avx512 (acc = bias, then one FMA per tap in
+ * (i, j) order, rows in the padding skipped), so bit-identical to it; only the schedule differs.
+ * A tile is 4 output rows × NB (1 or 2) 16-column blocks (8 accumulators). Its input rows are
+ * walked once, top to bottom: input row 2y − pt + t serves output row k with kernel row
+ * i = t − 2k, so each row's de-interleaved (even-column) vector is loaded and permuted once per tap
+ * column and used by every output row that needs it (3×3: 9 input rows for 4 output rows instead
+ * of 12). For a fixed output row, t and so i ascend, j ascends within: the order is (i, j). */
+#define SHC_S2_R 4
+struct shc_dw_block {
+    __mmask16 mlo[16], mhi[16];
+    long c0[16];
+    __mmask16 store;
+};
+
+/* Masks and first columns of the 16-column block starting at output column xb (sw 1 or 2). */
+static inline void shc_dw_block_init(struct shc_dw_block *b, long xb, long ow, long W, long kw, long sw, long dw, long pl) {
+    const long lanesOut = ow - xb < 16 ? ow - xb : 16;
+    b->store = (__mmask16)((1u << lanesOut) - 1u);
+    for (long j = 0; j < kw; j++) {
+        b->c0[j] = xb * sw + j * dw - pl;
+        unsigned lo = shardcal_span_mask(b->c0[j], W), hi = shardcal_span_mask(b->c0[j] + 16, W);
+        if (sw == 1) lo &= b->store;
+        b->mlo[j] = (__mmask16)lo; b->mhi[j] = (__mmask16)hi;
+    }
+}
+
+__attribute__((target("avx512f"), always_inline))
+static inline void shc_dw_s2_tile(const float *src, float *dst, const float *w, float bias, long H, long W, long ow,
+                                  long pt, const struct shc_dw_block *blk, long xb, long y, long rows,
+                                  const int K, const int NB, float *clip_out, __m512 vlo, __m512 vhi) {
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    __m512 acc[SHC_S2_R][2];
+    for (int k = 0; k < SHC_S2_R; k++)
+        for (int b = 0; b < NB; b++) acc[k][b] = _mm512_set1_ps(bias);
+    const long r0 = 2 * y - pt;
+#pragma clang loop unroll(full)
+    for (int t = 0; t < 2 * (SHC_S2_R - 1) + K; t++) {
+        const long r = r0 + t;
+        if (r < 0 || r >= H) continue;
+        const float *row = src + r * W;
+#pragma clang loop unroll(full)
+        for (int j = 0; j < K; j++) {
+            __m512 v[2];
+            for (int b = 0; b < NB; b++) {
+                const long c = blk[b].c0[j];
+                v[b] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(blk[b].mlo[j], row + c), evens,
+                                              _mm512_maskz_loadu_ps(blk[b].mhi[j], row + c + 16));
+            }
+#pragma clang loop unroll(full)
+            for (int k = 0; k < SHC_S2_R; k++) {
+                const int i = t - 2 * k;
+                if (i < 0 || i >= K || k >= rows) continue;
+                const __m512 wv = _mm512_set1_ps(w[i * K + j]);
+                for (int b = 0; b < NB; b++) acc[k][b] = _mm512_fmadd_ps(wv, v[b], acc[k][b]);
+            }
+        }
+    }
+    for (int k = 0; k < SHC_S2_R && k < rows; k++) {
+        for (int b = 0; b < NB; b++) {
+            const long o = (y + k) * ow + xb + 16 * b;
+            if (clip_out != dst) _mm512_mask_storeu_ps(dst + o, blk[b].store, acc[k][b]);
+            /* NaN passes through the clip (see shardcal_dw_direct_avx512). */
+            if (clip_out) _mm512_mask_storeu_ps(clip_out + o, blk[b].store, _mm512_min_ps(vhi, _mm512_max_ps(vlo, acc[k][b])));
+        }
+    }
+}
+
+/* Returns 0 (nothing done) outside its domain: strides 2, dilations 1, kh == kw ∈ {3, 5}. */
+__attribute__((target("avx512f")))
+static int shc_dw_s2_avx512(const float *src, float *dst, const float *w, float bias,
+                            long H, long W, long oh, long ow, long kh, long kw,
+                            long sh, long sw, long dh, long dw, long pt, long pl,
+                            float *clip_out, float lo, float hi) {
+    if (sh != 2 || sw != 2 || dh != 1 || dw != 1 || kh != kw || (kh != 3 && kh != 5)) return 0;
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    struct shc_dw_block blk[2];
+    for (long xb = 0; xb < ow; xb += 32) {
+        const int nb = ow - xb > 16 ? 2 : 1;
+        for (int b = 0; b < nb; b++) shc_dw_block_init(&blk[b], xb + 16 * b, ow, W, kw, sw, dw, pl);
+        for (long y = 0; y < oh; y += SHC_S2_R) {
+            const long rows = oh - y < SHC_S2_R ? oh - y : SHC_S2_R;
+#define SHC_S2(K, NB) shc_dw_s2_tile(src, dst, w, bias, H, W, ow, pt, blk, xb, y, rows, K, NB, clip_out, vlo, vhi)
+            if (kh == 3) { if (nb == 2) SHC_S2(3, 2); else SHC_S2(3, 1); }
+            else { if (nb == 2) SHC_S2(5, 2); else SHC_S2(5, 1); }
+#undef SHC_S2
+        }
+    }
+    return 1;
+}
+
 /* Depthwise conv, one plane, read directly from the unpadded input (no staging copy): AVX-512
  * masked loads zero the taps that fall in the padding (and never touch memory outside the row).
  * Column strides 1 and 2 only (returns 0 otherwise, or when kw > 16). Per output element the
@@ -76,6 +168,7 @@ int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, floa
                               long sh, long sw, long dh, long dw, long pt, long pl,
                               float *clip_out, float lo, float hi) {
     if ((sw != 1 && sw != 2) || kw > 16) return 0;
+    if (shc_dw_s2_avx512(src, dst, w, bias, H, W, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, clip_out, lo, hi)) return 1;
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
     const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     __mmask16 mlo[16], mhi[16];
@@ -391,12 +484,16 @@ static void shc_dw_phase_split(const float *src, float *dst, long H, long W, lon
 }
 
 /* Measured on every depthwise layer of EfficientNet-Lite0 (planes 112² … 7², 3×3 and 5×5, strides 1
- * and 2, single thread, time relative to shardcal_dw_direct_avx512). Stride 1: 0.36–0.39 on 7×7,
- * 0.63–0.83 on 14×14, 0.70 on 28×28, 0.44 on 56×56, 0.57 on 112×112. Stride 2 (phase split):
- * 5×5 0.84 on 56→28 and 0.70 on 14→7, but 3×3 1.29 on 112→56 and 1.17 on 28→14. */
-int shardcal_dw_flat_preferred(long H, long W, long kh, long kw, long sh, long sw) {
+ * and 2, single thread, time relative to shardcal_dw_direct_avx512's generic loop). Stride 1:
+ * 0.36–0.39 on 7×7, 0.63–0.83 on 14×14, 0.70 on 28×28, 0.44 on 56×56, 0.57 on 112×112. Stride 2
+ * (phase split): 5×5 0.84 on 56→28 and 0.70 on 14→7, 3×3 1.29 on 112→56 and 1.17 on 28→14; but
+ * the direct kernel's stride-2 path (shc_dw_s2_avx512, 3×3 and 5×5, dilation 1) measures 0.72 on
+ * 112→56, 0.71 on 28→14, 0.66 on 56→28 and 0.50 on 14→7 (best of 6 alternating runs), so those
+ * shapes go there. */
+int shardcal_dw_flat_preferred(long H, long W, long kh, long kw, long sh, long sw, long dh, long dw) {
     (void)H; (void)W;
     if (sh == 1 && sw == 1) return 1;
+    if (sh == 2 && sw == 2 && dh == 1 && dw == 1 && kh == kw && (kh == 3 || kh == 5)) return 0;
     /* Stride 2 pays for the phase-split copy only with enough taps per output. */
     return sh <= 2 && sw <= 2 && kh * kw >= 25;
 }

@@ -811,6 +811,39 @@ struct KernelsDepthwiseFlatTests {
         #expect(checked >= 60, "checked \(checked)")
     }
 
+    /// The direct kernel's stride-2 schedule (3×3 and 5×5, dilation 1): every output-width remainder
+    /// of its 32-column tile pairs, heights that end in partial 4-row tiles, asymmetric pads. It must
+    /// match the reference within rounding and the flat kernel (phase split, same FMA sequence per
+    /// element) exactly, with and without a fused clip, on any thread count.
+    @Test func strideTwoScheduleMatchesFlatAndReference() {
+        guard Kernels.VectorISA.avx512.isSupported else { return }
+        var rng = KernelTestRNG(seed: 95)
+        var checked = 0
+        for W in [1, 2, 5, 14, 28, 31, 33, 63, 64, 65, 112] {
+            for k in [3, 5] {
+                let H = rng.int(1...19), C = [1, 3, 17][rng.int(0...2)]
+                let pt = rng.int(0...k - 1), pb = rng.int(0...k - 1), pl = rng.int(0...k - 1), pr = rng.int(0...k - 1)
+                let g = Conv2DGeometry(batch: rng.int(1...2), inChannels: C, inHeight: H, inWidth: W, outChannels: C,
+                                       kernelHeight: k, kernelWidth: k, strideH: 2, strideW: 2,
+                                       padTop: pt, padLeft: pl, padBottom: pb, padRight: pr, group: C)
+                if g.outHeight <= 0 || g.outWidth <= 0 { continue }
+                let x = rng.floats(g.batch * C * H * W).map { $0 * 3 }, w = rng.floats(C * k * k)
+                let b: [Float]? = rng.int(0...3) == 0 ? nil : rng.floats(C)
+                let direct = Self.run(x, w, b, g, kernel: .direct, threads: 1).y
+                #expect(kernelMaxAbsDiff(direct, referenceConv(x, w, b, g)) <= 2e-6 * Float(k * k) + 1e-6, "\(g)")
+                let flat = Self.run(x, w, b, g, kernel: .flat, threads: 1).y
+                #expect(direct == flat, "direct vs flat: \(g)")
+                #expect(Self.run(x, w, b, g, kernel: .auto, threads: 2).y == direct, "auto, 2 threads: \(g)")
+                let clipped = Self.run(x, w, b, g, kernel: .direct, threads: 1, clip: (-0.5, 0.5, false))
+                #expect(clipped.y == direct && clipped.clipped == direct.map { $0 < -0.5 ? -0.5 : ($0 > 0.5 ? 0.5 : $0) }, "clip: \(g)")
+                let inPlace = Self.run(x, w, b, g, kernel: .direct, threads: 1, clip: (-0.5, 0.5, true)).y
+                #expect(inPlace == clipped.clipped, "clip in place: \(g)")
+                checked += 1
+            }
+        }
+        #expect(checked >= 18, "checked \(checked)")
+    }
+
     /// The clip fused into the flat kernel's store: separate output (y and clip(y)) and in place.
     @Test func flatFusedClip() {
         guard Kernels.VectorISA.avx512.isSupported else { return }

@@ -36,7 +36,7 @@ int shardcal_dw_flat_avx512(const float *src, float *dst, const float *w, const 
 long shardcal_dw_flat_scratch_floats(long planes, long H, long W, long oh, long ow, long sh, long sw);
 
 /* Whether shardcal_dw_flat_avx512 is the faster kernel for this shape (depends on the shape only). */
-int shardcal_dw_flat_preferred(long H, long W, long kh, long kw, long sh, long sw);
+int shardcal_dw_flat_preferred(long H, long W, long kh, long kw, long sh, long sw, long dh, long dw);
 
 /* Same with AVX2 + FMA, 8-column tiles. */
 void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float bias,
@@ -47,6 +47,7 @@ void shardcal_dw_plane_avx2(const float *pad, float *dst, const float *w, float 
  * masked loads zero the taps that fall in the padding (and never touch memory outside the row).
  * Column strides 1 and 2 only (returns 0 otherwise, or when kw > 16). Per output element the
  * accumulation is bias, then taps in (i, j) order, one FMA each, skipping rows in the padding.
+ * Strides 2 with 3×3 or 5×5 kernels and dilation 1 take a faster schedule of the same arithmetic.
  * clip_out: NULL, or where clip(y) is stored at the same offsets as dst (see
  * shardcal_pointwise_avx512); equal to dst for a clip in place. */
 int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, float bias,

@@ -13,10 +13,11 @@
 // loop runs in a small C kernel (Sources/CConvKernels) instead: same tap order,
 // 16 or 8 lanes, fused multiply-add (so within rounding of the reference, not bit-equal). With
 // AVX-512 and column stride 1 or 2 the C kernel reads the input directly with masked loads (no
-// staging copy); otherwise it uses the padded phase-split copy. On most such shapes (stride 1, and
-// stride 2 with 5×5 kernels; shardcal_dw_flat_preferred) the "flat" AVX-512 kernel runs instead:
-// 16 consecutive output pixels per vector across row ends, 8 accumulators per tile (same FMA
-// sequence per element as the direct kernel, so bit-identical to it).
+// staging copy; strides 2 with 3×3 or 5×5 kernels take a schedule that loads and de-interleaves
+// each input row once for all the output rows that read it); otherwise it uses the padded
+// phase-split copy. On most stride-1 shapes (shardcal_dw_flat_preferred) the "flat" AVX-512
+// kernel runs instead: 16 consecutive output pixels per vector across row ends, 8 accumulators
+// per tile (same FMA sequence per element as the direct kernel, so bit-identical to it).
 // The choice depends only on the CPU, never on the thread count.
 
 import CConvKernels
@@ -93,7 +94,8 @@ extension Kernels {
         // shapes the direct kernel supports go there.
         if isa == .avx512 && (g.strideW == 1 || g.strideW == 2) && g.kernelWidth <= 16 && avx512Kernel != .direct
             && (avx512Kernel == .flat
-                || shardcal_dw_flat_preferred(g.inHeight, g.inWidth, g.kernelHeight, g.kernelWidth, g.strideH, g.strideW) != 0) {
+                || shardcal_dw_flat_preferred(g.inHeight, g.inWidth, g.kernelHeight, g.kernelWidth, g.strideH, g.strideW,
+                                              g.dilationH, g.dilationW) != 0) {
             depthwiseFlatAVX512(input: input, weight: weight, bias: bias, output: output, geometry: g, scratch: scratch,
                                 threads: threads, fusedClip: fusedClip)
             return
