@@ -709,8 +709,14 @@ struct KernelsPointwiseTests {
     @Test func splitCoversTheProductInWholeTiles() {
         for (oc, ic, p) in [(16, 32, 12544), (96, 16, 12544), (1152, 192, 49), (1280, 320, 49), (112, 672, 196), (1, 1, 1), (7, 3, 5)] {
             let s = PointwiseSplit(outChannels: oc, inChannels: ic, pixels: p)
-            #expect(s.pixelBlock % 64 == 0 && s.channelBlock % 6 == 0)
-            #expect(s.pixelBlocks * s.pixelBlock >= p && (s.pixelBlocks - 1) * s.pixelBlock < p)
+            #expect(s.channelBlock % 6 == 0)
+            // Pixel blocks: consecutive, non-empty, whole tiles (but the last), sizes within one tile.
+            let ranges = (0..<s.pixelBlocks).map { s.pixelRange($0, pixels: p) }
+            #expect(ranges.first?.lowerBound == 0 && ranges.last?.upperBound == p)
+            #expect(zip(ranges, ranges.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound && $0.upperBound % 64 == 0 })
+            #expect(ranges.allSatisfy { !$0.isEmpty })
+            let tiles = ranges.map { ($0.count + 63) / 64 }
+            #expect(tiles.max()! - tiles.min()! <= 1, "\(tiles)")
             #expect(s.channelBlocks * s.channelBlock >= oc && (s.channelBlocks - 1) * s.channelBlock < oc)
             #expect(s.count >= 1 && s.count <= 32)
             if oc * ic * p >= 1 << 22 { #expect(s.count >= 2, "\(oc)×\(ic)×\(p) should be cut for two threads") }

@@ -27,6 +27,26 @@ func parallelChunks(_ count: Int, threads: Int, _ body: (Range<Int>) -> Void) {
     }
 }
 
+/// Runs `body(task, worker)` for every task in `0..<count`: worker w runs the contiguous tasks
+/// [count·w/t, count·(w+1)/t), t = min(threads, count). Used by the convolution kernels whose
+/// outputs are large: the same worker (in practice the same thread: the caller runs slot 0) writes
+/// the same part of a buffer on every run, and the depthwise kernel after a pointwise one reads
+/// the part its own thread wrote, so cache lines stay in one core's L2 instead of moving between
+/// cores on each write. Measured at batch 1 on 2 threads (EfficientNet-Lite0, per-node minima,
+/// order-alternated runs): pointwise layers on 112×112…28×28 planes 10–25% faster than with
+/// tasks taken from a shared counter, depthwise layers 5–12%.
+@inline(__always)
+func staticTasksWithWorker(_ count: Int, threads: Int, _ body: (_ task: Int, _ worker: Int) -> Void) {
+    let t = min(max(threads, 1), count)
+    if t <= 1 {
+        for i in 0..<count { body(i, 0) }
+        return
+    }
+    runWorkers(t) { w in
+        for i in (count * w / t)..<(count * (w + 1) / t) { body(i, w) }
+    }
+}
+
 /// Runs `body(task)` for every task in `0..<count` on up to `threads` workers, which take tasks in
 /// order from a shared counter. `parallelTasksWithWorker` also passes the worker index (for
 /// per-worker scratch).

@@ -9,25 +9,28 @@
 
 import CConvKernels
 
-/// How one image's pointwise product is cut into tasks: pixel blocks of whole 64-pixel tiles,
-/// times output-channel blocks of whole 6-row tiles.
+/// How one image's pointwise product is cut into tasks: pixel blocks of whole 64-pixel tiles
+/// (as equal as whole tiles allow), times output-channel blocks of whole 6-row tiles.
 struct PointwiseSplit: Equatable {
-    var pixelBlock: Int, pixelBlocks: Int
+    var pixelTiles: Int, pixelBlocks: Int
     var channelBlock: Int, channelBlocks: Int
     var count: Int { pixelBlocks * channelBlocks }
 
     /// Tasks of about 2^20 multiply-adds or more (≈ 10 µs on one core), at most 32 per image.
     init(outChannels oc: Int, inChannels ic: Int, pixels P: Int) {
-        let tile = 64, rows = 6
+        let rows = 6
         let want = min(32, max(1, (oc * ic * P) >> 20))
-        let tiles = (P + tile - 1) / tile
+        pixelTiles = (P + 63) / 64
         let rowTiles = (oc + rows - 1) / rows
-        let pb = min(tiles, want)
-        let cb = min(rowTiles, max(1, (want + pb - 1) / pb))
-        pixelBlock = (tiles + pb - 1) / pb * tile
-        pixelBlocks = (P + pixelBlock - 1) / pixelBlock
+        pixelBlocks = min(pixelTiles, want)
+        let cb = min(rowTiles, max(1, (want + pixelBlocks - 1) / pixelBlocks))
         channelBlock = (rowTiles + cb - 1) / cb * rows
         channelBlocks = (oc + channelBlock - 1) / channelBlock
+    }
+
+    /// Pixels of block k (of `pixels`): tiles [tiles·k/blocks, tiles·(k+1)/blocks).
+    func pixelRange(_ k: Int, pixels P: Int) -> Range<Int> {
+        min(P, pixelTiles * k / pixelBlocks * 64)..<min(P, pixelTiles * (k + 1) / pixelBlocks * 64)
     }
 }
 
@@ -42,11 +45,12 @@ extension Kernels {
         let split = PointwiseSplit(outChannels: ocg, inChannels: icg, pixels: P)
         let perGroup = split.count
         let perImage = g.group * perGroup
-        parallelTasks(g.batch * perImage, threads: threads) { task in
+        let body: (Int) -> Void = { task in
             let n = task / perImage, grp = (task % perImage) / perGroup, blk = task % perGroup
             let cb = blk / split.pixelBlocks, pb = blk % split.pixelBlocks
             let o0 = cb * split.channelBlock, o1 = min(ocg, o0 + split.channelBlock)
-            let p0 = pb * split.pixelBlock, p1 = min(P, p0 + split.pixelBlock)
+            let pixels = split.pixelRange(pb, pixels: P)
+            let p0 = pixels.lowerBound, p1 = pixels.upperBound
             let yOffset = (n * g.outChannels + grp * ocg) * P
             shardcal_pointwise_avx512(input + (n * g.inChannels + grp * icg) * P, weight + grp * ocg * icg,
                                       bias.map { $0 + grp * ocg }, output + yOffset,
@@ -54,6 +58,15 @@ extension Kernels {
                                       fusedClip.map { $0.output + yOffset }, fusedClip?.min ?? 0, fusedClip?.max ?? 0,
                                       fusedResidual.map { $0.addend + yOffset }, fusedResidual.map { $0.sum + yOffset })
         }
+        if split.channelBlocks == 1 {
+            // Pixel blocks (large planes, large outputs): each thread writes the same pixels on
+            // every run (see staticTasksWithWorker). Channel blocks (7×7, 14×14 planes, small
+            // outputs) are still taken from a shared counter.
+            staticTasksWithWorker(g.batch * perImage, threads: threads) { task, _ in body(task) }
+        } else {
+            parallelTasks(g.batch * perImage, threads: threads, body)
+        }
     }
     #endif
 }
+
