@@ -405,6 +405,8 @@ struct CoordinatorLoop {
         stats.resultsMerged += 1
         samplesThisRun += result.sampleCount
         resultsSinceCheckpoint += 1
+        logger.trace("shard merged", metadata: ["shard": .stringConvertible(result.shard), "worker": .string(name(of: key)),
+                                                "compute_seconds": .stringConvertible(result.computeSeconds)])
         send(.ack(Ack(shard: result.shard, duplicate: false)), to: key)
     }
 
@@ -417,6 +419,7 @@ struct CoordinatorLoop {
     /// Leases to workers with free credit.
     mutating func sendLeases(now: Double) {
         for (key, shard) in scheduler.assign(now: now) {
+            logger.trace("shard leased", metadata: ["shard": .stringConvertible(shard.id), "worker": .string(name(of: key))])
             send(.lease(Lease(shard: shard.id, start: shard.indices.lowerBound, end: shard.indices.upperBound)), to: key)
         }
     }
