@@ -34,6 +34,31 @@ struct ParallelTests {
         }
     }
 
+    @Test("affineTasksWithWorker: every task once; a worker runs its own share in order, then takes over a slow one's")
+    func affineShares() {
+        for threads in [1, 2, 3, 4, 7] {
+            for count in [0, 1, 2, 3, 5, 64, 1000] {
+                let tasks = Counts(count)
+                affineTasksWithWorker(count, threads: threads) { i, _ in tasks.p[i] += 1 }
+                #expect(tasks.all == [Int](repeating: 1, count: count), "\(count) on \(threads) threads")
+            }
+        }
+        // Worker 1's share is slow (1 ms a task): worker 0 finishes its own share, in order, and
+        // then runs tasks of share 1 (or all of them, if the pool thread never started).
+        let count = 40
+        let ranBy = Counts(count), order = Counts(count + 1)
+        affineTasksWithWorker(count, threads: 2) { task, worker in
+            ranBy.p[task] = worker + 1
+            if worker == 0 { order.p[order.p[count]] = task; order.p[count] += 1 }
+            if worker == 1 { usleep(1000) }
+        }
+        let byWorker0 = Array(order.all.prefix(order.p[count]))
+        let own = byWorker0.filter { $0 < count / 2 }
+        #expect(own == own.sorted() && byWorker0.prefix(own.count) == own[...], "worker 0 runs its own share first, in order")
+        #expect((count / 2..<count).contains { ranBy.p[$0] == 1 }, "worker 0 took over part of the slow share")
+        #expect(ranBy.all.allSatisfy { $0 == 1 || $0 == 2 })
+    }
+
     @Test("parallelTasksWithWorker: worker indices are in range and never run concurrently on two threads")
     func workerIndices() {
         let threads = 3, count = 500

@@ -104,7 +104,7 @@ extension Kernels {
             // No staging copy: masked loads straight from the input plane.
             let C = g.inChannels
             // The clip, if any, is applied in the kernel's store.
-            staticTasksWithWorker(g.batch * C, threads: threads) { p, _ in
+            affineTasksWithWorker(g.batch * C, threads: threads) { p, _ in
                 let c = p % C
                 let offset = p * g.outHeight * g.outWidth
                 _ = shardcal_dw_direct_avx512(input + p * g.inHeight * g.inWidth, output + offset,
@@ -161,41 +161,35 @@ extension Kernels {
     public enum DepthwiseAVX512Kernel: Sendable { case auto, direct, flat }
 
     #if arch(x86_64)
-    /// `shardcal_dw_flat_avx512` on runs of at most 16 consecutive planes of one image (each plane's
-    /// result does not depend on the run it is computed in); the direct kernel where the flat one
-    /// declines the shape. The batch's planes are cut into one contiguous, equal share per worker
-    /// (see `staticTasksWithWorker`): the planes a pointwise Conv's thread wrote are mostly read
-    /// back by the same thread.
+    /// `shardcal_dw_flat_avx512` on blocks of 16 channels of one image (each plane's result does not
+    /// depend on the block it is computed in); the direct kernel where the flat one declines the
+    /// shape. Blocks go to threads by `affineTasksWithWorker`: the planes a pointwise Conv's thread
+    /// wrote are mostly read back by the same thread.
     static func depthwiseFlatAVX512(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                                     output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry, scratch: KernelScratch,
                                     threads: Int, fusedClip: FusedClip?) {
-        let C = g.inChannels, run = 16
+        let C = g.inChannels, block = 16
+        let blocks = (C + block - 1) / block
         let inPlane = g.inHeight * g.inWidth, outPlane = g.outHeight * g.outWidth, taps = g.kernelHeight * g.kernelWidth
-        let planes = g.batch * C
-        let workers = min(max(1, threads), planes)
-        let perWorker = shardcal_dw_flat_scratch_floats(run, g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.strideH, g.strideW)
+        let tasks = g.batch * blocks
+        let workers = min(max(1, threads), tasks)
+        let perWorker = shardcal_dw_flat_scratch_floats(block, g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.strideH, g.strideW)
         let buf = scratch.reserve(max(1, perWorker * workers))
-        staticTasksWithWorker(workers, threads: workers) { worker, _ in
-            var p0 = planes * worker / workers
-            let end = planes * (worker + 1) / workers
-            while p0 < end {
-                let c0 = p0 % C
-                let count = min(run, end - p0, C - c0)
-                let done = shardcal_dw_flat_avx512(input + p0 * inPlane, output + p0 * outPlane, weight + c0 * taps, bias.map { $0 + c0 },
-                                                   count, g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
-                                                   g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft,
-                                                   buf + worker * perWorker,
-                                                   fusedClip.map { $0.output + p0 * outPlane }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
-                if done == 0 {
-                    for q in 0..<count {
-                        let p = p0 + q, c = c0 + q
-                        _ = shardcal_dw_direct_avx512(input + p * inPlane, output + p * outPlane, weight + c * taps, bias?[c] ?? 0,
-                                                      g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
-                                                      g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft,
-                                                      fusedClip.map { $0.output + p * outPlane }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
-                    }
-                }
-                p0 += count
+        affineTasksWithWorker(tasks, threads: workers) { t, worker in
+            let n = t / blocks, c0 = (t % blocks) * block, count = min(block, C - c0)
+            let p0 = n * C + c0
+            let done = shardcal_dw_flat_avx512(input + p0 * inPlane, output + p0 * outPlane, weight + c0 * taps, bias.map { $0 + c0 },
+                                               count, g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
+                                               g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft,
+                                               buf + worker * perWorker,
+                                               fusedClip.map { $0.output + p0 * outPlane }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
+            if done != 0 { return }
+            for q in 0..<count {
+                let p = p0 + q, c = c0 + q
+                _ = shardcal_dw_direct_avx512(input + p * inPlane, output + p * outPlane, weight + c * taps, bias?[c] ?? 0,
+                                              g.inHeight, g.inWidth, g.outHeight, g.outWidth, g.kernelHeight, g.kernelWidth,
+                                              g.strideH, g.strideW, g.dilationH, g.dilationW, g.padTop, g.padLeft,
+                                              fusedClip.map { $0.output + p * outPlane }, fusedClip?.min ?? 0, fusedClip?.max ?? 0)
             }
         }
     }

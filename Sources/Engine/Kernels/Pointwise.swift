@@ -60,9 +60,9 @@ extension Kernels {
         }
         if split.channelBlocks == 1 {
             // Pixel blocks (large planes, large outputs): each thread writes the same pixels on
-            // every run (see staticTasksWithWorker). Channel blocks (7×7, 14×14 planes, small
-            // outputs) are still taken from a shared counter.
-            staticTasksWithWorker(g.batch * perImage, threads: threads) { task, _ in body(task) }
+            // every run (see affineTasksWithWorker). Channel blocks (7×7, 14×14 planes, small
+            // outputs) are all taken from one shared counter.
+            affineTasksWithWorker(g.batch * perImage, threads: threads) { task, _ in body(task) }
         } else {
             parallelTasks(g.batch * perImage, threads: threads, body)
         }
