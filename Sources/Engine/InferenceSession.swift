@@ -125,7 +125,7 @@ public final class InferenceSession: @unchecked Sendable {
             var outputs: [(name: String, shape: [Int], data: UnsafeMutablePointer<Float>)] = []
             for (name, o) in p.outputs {
                 if case .slot(let s) = o {
-                    let d = UnsafeMutablePointer<Float>.allocate(capacity: max(1, p.slots[s].count))
+                    let d = allocateFloats(p.slots[s].count)
                     outputs.append((name, p.slots[s].shape, d))
                 }
             }

@@ -6,7 +6,7 @@ final class ConstBuffer {
     let count: Int
     init(_ values: [Float]) {
         count = values.count
-        pointer = .allocate(capacity: max(count, 1))
+        pointer = allocateFloats(count)
         values.withUnsafeBufferPointer { if count > 0 { pointer.initialize(from: $0.baseAddress!, count: count) } }
     }
     deinit { pointer.deallocate() }
@@ -81,7 +81,7 @@ final class Plan {
     func pointers() -> [UnsafeMutablePointer<Float>] {
         if buffers.isEmpty {
             buffers = bufferCapacities.map { cap in
-                let p = UnsafeMutablePointer<Float>.allocate(capacity: max(cap, 1))
+                let p = allocateFloats(cap)
                 p.initialize(repeating: 0, count: max(cap, 1))
                 return p
             }

@@ -11,17 +11,26 @@
 public final class KernelScratch: @unchecked Sendable {
     public private(set) var buffer: UnsafeMutablePointer<Float>
     public private(set) var capacity: Int
-    public init() { capacity = 0; buffer = UnsafeMutablePointer<Float>.allocate(capacity: 1) }
+    public init() { capacity = 0; buffer = allocateFloats(1) }
     deinit { buffer.deallocate() }
     /// Returns a buffer of at least `count` floats (contents undefined).
     public func reserve(_ count: Int) -> UnsafeMutablePointer<Float> {
         if count > capacity {
             buffer.deallocate()
-            buffer = UnsafeMutablePointer<Float>.allocate(capacity: count)
+            buffer = allocateFloats(count)
             capacity = count
         }
         return buffer
     }
+}
+
+/// `count` floats at a 64-byte (cache-line) boundary, uninitialised; free with `deallocate()`.
+/// malloc guarantees 16-byte alignment only (glibc's large blocks sit 16 bytes past a page
+/// boundary): activation, weight and scratch buffers start on a cache line instead, so the
+/// kernels' 64-byte vector loads at 64-byte multiples from them never span two lines.
+func allocateFloats(_ count: Int) -> UnsafeMutablePointer<Float> {
+    UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
+        .bindMemory(to: Float.self, capacity: max(count, 1))
 }
 
 /// 2-D convolution geometry (NCHW input, OIHW weight with I = inChannels / group).
