@@ -81,7 +81,9 @@ struct shc_dw_block {
     __mmask16 store;
 };
 
-/* Masks and first columns of the 16-column block starting at output column xb (sw 1 or 2). */
+/* Masks and first columns of the 16-column block starting at output column xb (sw 1 or 2): tap
+ * column j's lane l reads input column c0[j] + l·sw; mlo/mhi select the lanes of the two 16-column
+ * spans from c0[j] that lie in [0, W) (with sw 1, only lanes that reach an output column). */
 static inline void shc_dw_block_init(struct shc_dw_block *b, long xb, long ow, long W, long kw, long sw, long dw, long pl) {
     const long lanesOut = ow - xb < 16 ? ow - xb : 16;
     b->store = (__mmask16)((1u << lanesOut) - 1u);
@@ -171,19 +173,12 @@ int shardcal_dw_direct_avx512(const float *src, float *dst, const float *w, floa
     if (shc_dw_s2_avx512(src, dst, w, bias, H, W, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, clip_out, lo, hi)) return 1;
     const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
     const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    __mmask16 mlo[16], mhi[16];
-    long c0[16];
+    struct shc_dw_block blk;
+    const __mmask16 *mlo = blk.mlo, *mhi = blk.mhi;
+    const long *c0 = blk.c0;
     for (long xb = 0; xb < ow; xb += 16) {
-        const long lanesOut = ow - xb < 16 ? ow - xb : 16;
-        const __mmask16 storeMask = (__mmask16)((1u << lanesOut) - 1u);
-        for (long j = 0; j < kw; j++) {
-            /* lane l reads input column c0 + l*sw */
-            c0[j] = xb * sw + j * dw - pl;
-            /* lanes m of the span starting at column s with s + m in [0, W) */
-            unsigned lo = shardcal_span_mask(c0[j], W), hi = shardcal_span_mask(c0[j] + 16, W);
-            if (sw == 1) lo &= storeMask; /* lanes past the output are never needed */
-            mlo[j] = (__mmask16)lo; mhi[j] = (__mmask16)hi;
-        }
+        shc_dw_block_init(&blk, xb, ow, W, kw, sw, dw, pl);
+        const __mmask16 storeMask = blk.store;
         for (long y = 0; y < oh; y += 4) {
             const long rows = oh - y < 4 ? oh - y : 4;
             __m512 a0 = _mm512_set1_ps(bias), a1 = a0, a2 = a0, a3 = a0;

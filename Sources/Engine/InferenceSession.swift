@@ -74,7 +74,7 @@ public final class InferenceSession: @unchecked Sendable {
 
     /// A new plan for these input shapes, as this session's options ask.
     private func buildPlan(_ shapes: [String: [Int]]) throws -> Plan {
-        try Planner(graph: graph, initializerBuffers: initializers, logger: logger, separateFusedClips: options.plannedForTaps)
+        try Planner(graph: graph, initializerBuffers: initializers, logger: logger, separateFusedOutputs: options.plannedForTaps)
             .build(inputShapes: shapes)
     }
 
@@ -276,27 +276,21 @@ public final class InferenceSession: @unchecked Sendable {
                 }
             }
             for s in step.outputs { outs.append(buffers[p.slots[s].buffer]) }
-            if let f = p.clipFusions[i] {
-                // Producer + the Clip/Relu after it in one call. When the clip reuses the producer's
-                // buffer, that is only done if no tap needs the unclipped tensor: taps see every
-                // tensor whole, before any reuse. Values are identical either way.
-                let clipBuffer = p.slots[f.clipped].buffer
-                if clipBuffer != p.slots[f.source].buffer || !observed(f.source) {
+            if let f = p.fusions[i] {
+                // Producer + the Clip/Relu or residual Add after it in one call. When the fused output
+                // reuses the producer's buffer, that is only done if no tap needs the producer's
+                // output: taps see every tensor whole, before any reuse. Values are identical either way.
+                let fusedBuffer = p.slots[f.output].buffer
+                if fusedBuffer != p.slots[f.source].buffer || !observed(f.source) {
                     timed(step, fused: p.steps[i + 1].opType) {
-                        f.kernel(ins, outs, FusedClip(output: buffers[clipBuffer], min: f.min, max: f.max), context)
+                        switch f.epilogue {
+                        case let .clip(kernel, lo, hi):
+                            kernel(ins, outs, FusedClip(output: buffers[fusedBuffer], min: lo, max: hi), context)
+                        case let .residual(kernel, addend):
+                            kernel(ins, outs, FusedResidual(addend: UnsafePointer(buffers[p.slots[addend].buffer]),
+                                                            sum: buffers[fusedBuffer]), context)
+                        }
                     }
-                    for s in step.outputs { emit(s) }
-                    for s in p.steps[i + 1].outputs { emit(s) }
-                    i += 2
-                    continue
-                }
-            }
-            if let f = p.residualFusions[i] {
-                // Conv + the residual Add after it in one call, under the same rule as clips.
-                let sumBuffer = p.slots[f.sum].buffer
-                if sumBuffer != p.slots[f.source].buffer || !observed(f.source) {
-                    let residual = FusedResidual(addend: UnsafePointer(buffers[p.slots[f.addend].buffer]), sum: buffers[sumBuffer])
-                    timed(step, fused: p.steps[i + 1].opType) { f.kernel(ins, outs, residual, context) }
                     for s in step.outputs { emit(s) }
                     for s in p.steps[i + 1].outputs { emit(s) }
                     i += 2

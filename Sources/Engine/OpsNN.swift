@@ -136,9 +136,7 @@ enum NNOps {
         }
         // A residual Add is fused only where it lands in the AVX-512 pointwise kernel's store
         // (elsewhere it would be the same separate pass, just inside the Conv's step).
-        let pointwise = geo.kernelHeight == 1 && geo.kernelWidth == 1 && geo.strideH == 1 && geo.strideW == 1
-            && geo.padTop == 0 && geo.padLeft == 0 && geo.padBottom == 0 && geo.padRight == 0 && group != geo.inChannels
-        let residualKernel: ResidualEpilogueKernel? = pointwise && Kernels.VectorISA.best == .avx512 ? { ins, outs, residual, ctx in
+        let residualKernel: ResidualEpilogueKernel? = Kernels.storesResidualInKernel(geo) ? { ins, outs, residual, ctx in
             Kernels.conv2d(input: ins[0]!, weight: ins[1]!, bias: ins.count > 2 ? ins[2] : nil, output: outs[0],
                            geometry: geo, scratch: ctx.scratch, threads: ctx.threads, fusedResidual: residual)
         } : nil

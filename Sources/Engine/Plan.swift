@@ -29,21 +29,20 @@ final class Plan {
         /// Input positions whose buffer output 0 may take over when that input dies here
         /// (elementwise ops that read element i only before writing element i).
         var inPlaceInputs: [Int]
-        /// What this step may be fused with (see `clipFusions`).
+        /// What this step may be fused with (see `fusions`).
         var fusion: StepFusion? = nil
     }
-    /// A step whose kernel can also produce the next step's output: a Clip/Relu of its output 0.
-    struct ClipFusion {
-        let kernel: ClipEpilogueKernel
-        let min: Float, max: Float
-        /// The producer's output 0 (the clip's input) and the clip's output.
-        let source: Int, clipped: Int
-    }
-    /// A Conv whose kernel can also write the residual Add right after it: output 0 + addend.
-    struct ResidualFusion {
-        let kernel: ResidualEpilogueKernel
-        /// The producer's output 0, the Add's other input, and the Add's output.
-        let source: Int, addend: Int, sum: Int
+    /// A step whose kernel can also produce the very next step's output from its output 0: a
+    /// Clip/Relu of it, or (Conv) a residual Add of it and a same-shaped tensor.
+    struct Fusion {
+        enum Epilogue {
+            case clip(ClipEpilogueKernel, min: Float, max: Float)
+            /// `addend`: the Add's other input (a slot).
+            case residual(ResidualEpilogueKernel, addend: Int)
+        }
+        let epilogue: Epilogue
+        /// The producer's output 0 (the next step's input) and the next step's output.
+        let source: Int, output: Int
     }
     struct Slot {
         let name: String
@@ -63,11 +62,9 @@ final class Plan {
     var outputs: [(name: String, value: Output)] = []
     var bufferCapacities: [Int] = []
     var inPlaceSteps = 0
-    /// Producer step index -> fusion with the clip step right after it. The executor runs the pair
-    /// as one kernel call unless a tap must see the unclipped tensor in a buffer the clip reuses.
-    var clipFusions: [Int: ClipFusion] = [:]
-    /// Producer step index -> fusion with the Add step right after it (same rules as clips).
-    var residualFusions: [Int: ResidualFusion] = [:]
+    /// Producer step index -> fusion with the step right after it. The executor runs the pair as
+    /// one kernel call unless a tap must see the producer's output in a buffer the fused output reuses.
+    var fusions: [Int: Fusion] = [:]
     /// Buffers of the assignment, allocated on first run and kept.
     private var buffers: [UnsafeMutablePointer<Float>] = []
 
@@ -97,10 +94,10 @@ struct Planner {
     let graph: LoadedGraph
     let initializerBuffers: InitializerBuffers
     let logger: Logger
-    /// Give a Clip/Relu that runs fused into its producer a buffer of its own (no in-place), so a
-    /// tap can observe the producer's output and the pair still runs as one kernel call
-    /// (`SessionOptions.plannedForTaps`).
-    var separateFusedClips = false
+    /// Never let a fused step's output (Clip/Relu, residual Add) take over its producer's buffer, so
+    /// a tap can observe the producer's output and the pair still runs as one kernel call
+    /// (`SessionOptions.plannedForTaps`). A fused Add may still take over its addend's buffer.
+    var separateFusedOutputs = false
 
     func build(inputShapes: [String: [Int]]) throws -> Plan {
         let plan = Plan()
@@ -200,14 +197,12 @@ struct Planner {
         }
         findClipFusions(plan)
         findResidualFusions(plan)
-        if separateFusedClips {
-            // The clip (Add) of a fusion is the step right after its producer. An Add may still
-            // take over its addend's buffer: only the producer's output must stay visible.
-            for producer in plan.clipFusions.keys { plan.steps[producer + 1].inPlaceInputs = [] }
-            for (producer, f) in plan.residualFusions {
-                let add = plan.steps[producer + 1]
-                plan.steps[producer + 1].inPlaceInputs = add.inPlaceInputs.filter { pos in
-                    if case .slot(let s) = add.inputs[pos] { return s != f.source }
+        if separateFusedOutputs {
+            // The fused step is the one right after its producer.
+            for (producer, f) in plan.fusions {
+                let next = plan.steps[producer + 1]
+                plan.steps[producer + 1].inPlaceInputs = next.inPlaceInputs.filter { pos in
+                    if case .slot(let s) = next.inputs[pos] { return s != f.source }
                     return true
                 }
             }
@@ -229,7 +224,7 @@ struct Planner {
                   let source = producer.outputs.first, let clipped = next.outputs.first,
                   case .slot(let s)? = next.inputs.first, s == source,
                   plan.slots[source].count == plan.slots[clipped].count else { continue }
-            plan.clipFusions[i] = .init(kernel: kernel, min: lo, max: hi, source: source, clipped: clipped)
+            plan.fusions[i] = .init(epilogue: .clip(kernel, min: lo, max: hi), source: source, output: clipped)
         }
     }
 
@@ -237,7 +232,7 @@ struct Planner {
     /// very next step). Not when the addend is one of the Conv's own inputs: the sum may take over
     /// the addend's buffer, which the Conv would then still be reading.
     private func findResidualFusions(_ plan: Plan) {
-        for i in plan.steps.indices.dropLast() where plan.clipFusions[i] == nil {
+        for i in plan.steps.indices.dropLast() where plan.fusions[i] == nil {
             let producer = plan.steps[i], next = plan.steps[i + 1]
             guard case .epilogue(_, let kernel?)? = producer.fusion, next.opType == "Add", next.inputs.count == 2,
                   let source = producer.outputs.first, next.outputs.count == 1, let sum = next.outputs.first,
@@ -248,7 +243,7 @@ struct Planner {
             guard plan.slots[addend].shape == shape, plan.slots[sum].shape == shape,
                   !producer.inputs.contains(where: { if case .slot(addend) = $0 { return true } else { return false } })
             else { continue }
-            plan.residualFusions[i] = .init(kernel: kernel, source: source, addend: addend, sum: sum)
+            plan.fusions[i] = .init(epilogue: .residual(kernel, addend: addend), source: source, output: sum)
         }
     }
 
@@ -322,7 +317,7 @@ struct Planner {
             // A Clip (Add) fused into this step is written by this step's kernel, while this step's
             // inputs are read: unless it runs in place, its buffer is taken now, before those inputs
             // free theirs.
-            if let fused = plan.clipFusions[i]?.clipped ?? plan.residualFusions[i]?.sum, inPlaceSource(i + 1) == nil {
+            if let fused = plan.fusions[i]?.output, inPlaceSource(i + 1) == nil {
                 allocate(fused)
                 early.insert(fused)
             }

@@ -30,6 +30,12 @@ extension Kernels {
         }
     }
 
+    /// Whether conv2d runs `g` in the AVX-512 pointwise kernel, whose store also adds a fused
+    /// residual (elsewhere the addition is a pass of its own after the convolution).
+    static func storesResidualInKernel(_ g: Conv2DGeometry) -> Bool {
+        g.isPointwise && !g.isDepthwise && VectorISA.best == .avx512
+    }
+
     static func conv2dImpl(input: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
                            output: UnsafeMutablePointer<Float>, geometry g: Conv2DGeometry,
                            scratch: KernelScratch, threads: Int, fusedClip: FusedClip? = nil,
@@ -39,9 +45,8 @@ extension Kernels {
         precondition(fusedClip == nil || fusedResidual == nil, "conv2d: a fused clip and a fused residual together")
         let oh = g.outHeight, ow = g.outWidth
         if g.batch <= 0 || g.outChannels == 0 || oh <= 0 || ow <= 0 { return }
-        let pointwise = g.kernelHeight == 1 && g.kernelWidth == 1 && g.strideH == 1 && g.strideW == 1
-            && g.padTop == 0 && g.padLeft == 0 && g.padBottom == 0 && g.padRight == 0
-        if let fusedResidual, !(pointwise && VectorISA.best == .avx512 && g.group != g.inChannels) {
+        let pointwise = g.isPointwise
+        if let fusedResidual, !storesResidualInKernel(g) {
             // Other paths: the plain convolution, then the addition as its own pass.
             conv2dImpl(input: input, weight: weight, bias: bias, output: output, geometry: g, scratch: scratch,
                        threads: threads, fusedClip: nil)
@@ -49,7 +54,7 @@ extension Kernels {
             for i in 0..<count { fusedResidual.sum[i] = output[i] + fusedResidual.addend[i] }
             return
         }
-        if g.group == g.inChannels && g.outChannels == g.inChannels && g.group > 1 {
+        if g.isDepthwise {
             depthwiseConv2d(input: input, weight: weight, bias: bias, output: output, geometry: g,
                             scratch: scratch, threads: threads, fusedClip: fusedClip)
             return

@@ -52,6 +52,13 @@ public struct Conv2DGeometry: Sendable, Equatable {
     }
     public var outHeight: Int { (inHeight + padTop + padBottom - dilationH * (kernelHeight - 1) - 1) / strideH + 1 }
     public var outWidth: Int { (inWidth + padLeft + padRight - dilationW * (kernelWidth - 1) - 1) / strideW + 1 }
+    /// One input channel per output channel (the depthwise kernels).
+    var isDepthwise: Bool { group == inChannels && outChannels == inChannels && group > 1 }
+    /// 1×1, stride 1, unpadded: a plain product per group.
+    var isPointwise: Bool {
+        kernelHeight == 1 && kernelWidth == 1 && strideH == 1 && strideW == 1
+            && padTop == 0 && padLeft == 0 && padBottom == 0 && padRight == 0
+    }
 }
 
 /// Pooling geometry (NCHW). Output size is computed by the caller (ceil_mode etc.) and passed in.
