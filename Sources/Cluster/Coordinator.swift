@@ -29,6 +29,8 @@ public struct CoordinatorConfig: Sendable {
     public var leaseTimeout: Double? = nil
     /// Failures of one shard (on any workers) before the run stops.
     public var maxFailures: Int = 3
+    /// Backup leases for stragglers once the queue is empty (see `Scheduler.assign`).
+    public var backupLeases: Bool = true
     /// Where checkpoints go (atomic state file); nil disables checkpoints.
     public var checkpointPath: String? = nil
     /// Checkpoint after this many merged results...
@@ -102,13 +104,18 @@ public struct CoordinatorStats: Sendable, Equatable {
     public var failures = 0
     public var checkpoints = 0
     public var unknownWorker = 0
+    /// Backup leases issued to idle workers for a straggler's shard, and the copies that finished
+    /// second (acknowledged and dropped; not counted as duplicates).
+    public var backupLeases = 0
+    public var backupResultsDropped = 0
     /// One line per notable event, in order (bounded to the last 1000).
     public var events: [String] = []
 
     public var counters: [String: Int] {
         ["results": resultsMerged, "duplicate": duplicates, "malformed": malformed, "refused": refused,
          "expired_workers": expiredWorkers, "expired_leases": expiredLeases, "failures": failures,
-         "checkpoints": checkpoints, "unknown_worker": unknownWorker]
+         "checkpoints": checkpoints, "unknown_worker": unknownWorker,
+         "backup_leases": backupLeases, "backup_results_dropped": backupResultsDropped]
     }
 }
 
@@ -272,7 +279,8 @@ struct CoordinatorLoop {
         state = initial
         resumedShards = initial.shards.count
         scheduler = Scheduler(shards: cfg.shards, alreadyDone: initial.shards, maxFailures: cfg.maxFailures,
-                              leaseTimeout: cfg.leaseTimeout, livenessTimeout: cfg.livenessTimeout)
+                              leaseTimeout: cfg.leaseTimeout, livenessTimeout: cfg.livenessTimeout,
+                              backupLeases: cfg.backupLeases)
         do {
             let r = try ZMQSocket(owner.context, type: .router)
             try r.setLinger(0)
@@ -419,7 +427,13 @@ struct CoordinatorLoop {
     /// Leases to workers with free credit.
     mutating func sendLeases(now: Double) {
         for (key, shard) in scheduler.assign(now: now) {
-            logger.trace("shard leased", metadata: ["shard": .stringConvertible(shard.id), "worker": .string(name(of: key))])
+            if scheduler.backups[shard.id]?.worker == key {
+                stats.backupLeases += 1
+                logger.debug("backup lease", metadata: ["shard": .stringConvertible(shard.id), "worker": .string(name(of: key)),
+                                                        "holder": .string(scheduler.leases[shard.id].map { name(of: $0.worker) } ?? "-")])
+            } else {
+                logger.trace("shard leased", metadata: ["shard": .stringConvertible(shard.id), "worker": .string(name(of: key))])
+            }
             send(.lease(Lease(shard: shard.id, start: shard.indices.lowerBound, end: shard.indices.upperBound)), to: key)
         }
     }
@@ -630,6 +644,10 @@ struct CoordinatorLoop {
                 note("internal: state refused shard \(result.shard): \(error)", level: .error)
             }
             merged(result, from: key)
+        case .backupLost:
+            stats.backupResultsDropped += 1
+            logger.debug("backup copy finished second: dropped", metadata: ["shard": .stringConvertible(result.shard), "worker": .string(name(of: key))])
+            send(.ack(Ack(shard: result.shard, duplicate: true)), to: key)
         case .duplicate:
             stats.duplicates += 1
             note("duplicate result for shard \(result.shard) from \(name(of: key)): acknowledged and dropped", level: .info)

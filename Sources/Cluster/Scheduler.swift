@@ -20,6 +20,8 @@ public struct ShardSpec: Sendable, Equatable, Hashable {
 /// can be tested on its own. Workers are keyed by their ZeroMQ routing id.
 ///
 /// Invariants: every shard is in exactly one of pending / leased / done; a shard enters `done` once.
+/// A leased shard may also have one backup lease (see `assign`): a second worker computing it; the
+/// first result merges and the other is acknowledged and dropped.
 public struct Scheduler {
     public typealias WorkerKey = [UInt8]
 
@@ -33,6 +35,12 @@ public struct Scheduler {
         public var samplesDone: Int = 0
         public var computeSeconds: Double = 0
         public var admittedAt: Double
+        /// Samples per compute second of this worker's last result (nil before its first). The
+        /// host a worker runs on changes speed over time, so the last shard predicts the next one
+        /// better than the average does.
+        public var recentRate: Double?
+        /// When its last RESULT or FAIL arrived: a shard leased ahead starts computing then.
+        public var lastReportAt: Double?
     }
 
     public enum Completion: Equatable {
@@ -40,6 +48,8 @@ public struct Scheduler {
         case merge
         /// Already merged: acknowledge and drop.
         case duplicate
+        /// Already merged from the other copy of a shard that had a backup lease: expected, dropped.
+        case backupLost
         /// Not a shard of this run.
         case unknownShard
     }
@@ -55,10 +65,22 @@ public struct Scheduler {
     public let maxFailures: Int
     public let leaseTimeout: Double?
     public let livenessTimeout: Double
+    /// Whether idle workers at the end of the queue get backup leases of shards that a slower
+    /// worker is expected to finish later than they would.
+    public let backupLeases: Bool
+    /// A backup lease is issued only if it is expected to finish at least this much sooner
+    /// (relative): the original holder's estimated remaining time > (1 + margin) x the backup's.
+    public static let backupMargin = 0.25
+    /// ...and at least this many seconds sooner (a backup costs a worker's time and CPU).
+    public static let backupMinimumGain = 0.2
 
     /// Next shard to hand out is the LAST element (shards returned to the queue are appended, so they go first).
     private(set) var pendingStack: [Int]
     public private(set) var leases: [Int: (worker: WorkerKey, since: Double)] = [:]
+    /// Backup leases: shard -> the second worker computing it (the primary is in `leases`).
+    public private(set) var backups: [Int: (worker: WorkerKey, since: Double)] = [:]
+    /// Shards merged while a backup ran: the worker still computing the other copy.
+    private var raceLosers: [Int: WorkerKey] = [:]
     public private(set) var done: Set<Int>
     public private(set) var workers: [WorkerKey: WorkerInfo] = [:]
     /// Every worker ever admitted (results from them are accepted even after their leases expired).
@@ -68,7 +90,7 @@ public struct Scheduler {
     private var failedOn: [Int: Set<WorkerKey>] = [:]
 
     public init(shards: [ShardSpec], alreadyDone: Set<Int> = [], maxFailures: Int = 3,
-                leaseTimeout: Double? = nil, livenessTimeout: Double = 5) {
+                leaseTimeout: Double? = nil, livenessTimeout: Double = 5, backupLeases: Bool = false) {
         var byID: [Int: ShardSpec] = [:]
         for s in shards { byID[s.id] = s }
         self.shards = byID
@@ -77,6 +99,7 @@ public struct Scheduler {
         self.maxFailures = max(1, maxFailures)
         self.leaseTimeout = leaseTimeout
         self.livenessTimeout = livenessTimeout
+        self.backupLeases = backupLeases
     }
 
     public var pendingCount: Int { pendingStack.count }
@@ -107,12 +130,26 @@ public struct Scheduler {
     @discardableResult
     public mutating func remove(_ key: WorkerKey) -> [Int] {
         guard let info = workers.removeValue(forKey: key) else { return [] }
-        let returned = info.leased.sorted(by: >)
-        for shard in returned where leases[shard]?.worker == key {
-            leases[shard] = nil
-            pendingStack.append(shard)
+        var returned: [Int] = []
+        for shard in info.leased.sorted(by: >) {
+            if backups[shard]?.worker == key {
+                backups[shard] = nil
+            } else if leases[shard]?.worker == key {
+                leases[shard] = nil
+                if !promoteBackup(shard) {
+                    pendingStack.append(shard)
+                    returned.append(shard)
+                }
+            }
         }
         return returned.reversed()
+    }
+
+    /// The primary lease of `shard` is gone: its backup (if any) becomes the lease. Returns whether there was one.
+    private mutating func promoteBackup(_ shard: Int) -> Bool {
+        guard let backup = backups.removeValue(forKey: shard) else { return false }
+        leases[shard] = backup
+        return true
     }
 
     /// Removes workers silent for longer than the liveness timeout, and leases older than the lease timeout.
@@ -124,14 +161,19 @@ public struct Scheduler {
         }
         var expiredLeases: [Int] = []
         if let timeout = leaseTimeout {
+            for (shard, backup) in backups where now - backup.since > timeout {
+                workers[backup.worker]?.leased.remove(shard)
+                backups[shard] = nil
+            }
             for (shard, lease) in leases where now - lease.since > timeout {
                 expiredLeases.append(shard)
             }
             for shard in expiredLeases.sorted(by: >) {
                 if let key = leases[shard]?.worker { workers[key]?.leased.remove(shard) }
                 leases[shard] = nil
-                pendingStack.append(shard)
+                if !promoteBackup(shard) { pendingStack.append(shard) }
             }
+            expiredLeases.removeAll { leases[$0] != nil }
         }
         return (gone.map { (key: $0.0, name: $0.1, shards: $0.2) }, expiredLeases.sorted())
     }
@@ -143,9 +185,14 @@ public struct Scheduler {
     /// Near the end of the queue (fewer shards pending than the workers' credits together, with more
     /// than one worker) a worker gets a shard only when it holds none: a shard leased ahead to a
     /// busy worker would wait there while another worker runs dry, and the run would end later.
+    ///
+    /// With `backupLeases`, once the queue is empty, a worker holding nothing gets a backup lease
+    /// of a shard another worker holds, when its recent speed says it would finish that shard
+    /// clearly sooner than the holder (a straggler: a slower machine, or a core the host has slowed
+    /// down). Whichever copy finishes first is merged; the results are identical, so the outcome is too.
     public mutating func assign(now: Double) -> [(worker: WorkerKey, shard: ShardSpec)] {
         var out: [(WorkerKey, ShardSpec)] = []
-        if pendingStack.isEmpty { return [] }
+        if pendingStack.isEmpty { return backupLeases ? assignBackups(now: now) : [] }
         let totalCredits = workers.count > 1 ? workers.values.reduce(0) { $0 + $1.window } : 0
         // Least-loaded first, ties by name, so fast workers (whose credits come back sooner) take more.
         let order = workers.keys.sorted { a, b in
@@ -166,6 +213,61 @@ public struct Scheduler {
             }
         }
         return out.map { (worker: $0.0, shard: $0.1) }
+    }
+
+    /// Seconds until `holder` is expected to finish each shard it holds as primary. It computes
+    /// them in lease order, the first since its lease was sent or the holder's last report,
+    /// whichever is later (a shard leased ahead waits for the one before it). With a recent rate, each takes
+    /// samples / rate; a holder that has not finished a shard yet is assumed to need at least as
+    /// long again as its first shard has run so far, and as long for each shard after it.
+    func expectedFinish(of holder: WorkerKey, now: Double) -> [Int: Double] {
+        guard let info = workers[holder] else { return [:] }
+        let held = info.leased.filter { leases[$0]?.worker == holder }
+            .sorted { (leases[$0]!.since, $0) < (leases[$1]!.since, $1) }
+        guard let first = held.first else { return [:] }
+        let running = now - max(leases[first]!.since, info.lastReportAt ?? -Double.infinity)
+        let rate: Double
+        if let r = info.recentRate, r > 0 {
+            rate = r
+        } else {
+            guard running > 0 else { return [:] }
+            rate = Double(shards[first]!.indices.count) / running
+        }
+        var out: [Int: Double] = [:]
+        var t = 0.0
+        for (i, shard) in held.enumerated() {
+            let duration = Double(shards[shard]!.indices.count) / rate
+            t = i == 0 ? max(0, duration - (info.recentRate == nil ? 0 : running)) : t + duration
+            out[shard] = t
+        }
+        return out
+    }
+
+    private mutating func assignBackups(now: Double) -> [(worker: WorkerKey, shard: ShardSpec)] {
+        guard workers.count > 1, !leases.isEmpty else { return [] }
+        var out: [(worker: WorkerKey, shard: ShardSpec)] = []
+        let idle = workers.keys.filter { workers[$0]!.leased.isEmpty && workers[$0]!.window > 0 && workers[$0]!.recentRate != nil }
+            .sorted { workers[$0]!.name < workers[$1]!.name }
+        for key in idle {
+            let rate = workers[key]!.recentRate!
+            guard rate > 0 else { continue }
+            // The shard whose backup would gain the most, if any would gain enough.
+            var best: (shard: Int, gain: Double)?
+            for holder in Set(leases.values.map(\.worker)) where holder != key {
+                for (shard, remaining) in expectedFinish(of: holder, now: now)
+                    where backups[shard] == nil && failedOn[shard]?.contains(key) != true {
+                    let mine = Double(shards[shard]!.indices.count) / rate
+                    guard remaining > (1 + Self.backupMargin) * mine, remaining - mine >= Self.backupMinimumGain else { continue }
+                    let gain = remaining - mine
+                    if best == nil || gain > best!.gain || (gain == best!.gain && shard < best!.shard) { best = (shard, gain) }
+                }
+            }
+            guard let (shard, _) = best else { continue }
+            backups[shard] = (key, now)
+            workers[key]!.leased.insert(shard)
+            out.append((key, shards[shard]!))
+        }
+        return out
     }
 
     private mutating func takeShard(for key: WorkerKey) -> Int? {
@@ -196,11 +298,26 @@ public struct Scheduler {
     public mutating func complete(shard: Int, from key: WorkerKey, samples: Int, computeSeconds: Double, now: Double) -> Completion {
         guard shards[shard] != nil else { return .unknownShard }
         touch(key, now: now)
+        workers[key]?.lastReportAt = now
         if done.contains(shard) {
             workers[key]?.leased.remove(shard)
+            if raceLosers[shard] == key {
+                raceLosers[shard] = nil
+                if computeSeconds > 0 && samples > 0 { workers[key]?.recentRate = Double(samples) / computeSeconds }
+                return .backupLost
+            }
             return .duplicate
         }
         done.insert(shard)
+        if computeSeconds > 0 && samples > 0 { workers[key]?.recentRate = Double(samples) / computeSeconds }
+        if let backup = backups.removeValue(forKey: shard) {
+            // The other copy is still being computed: its worker is free for new leases (it
+            // computes them after that copy), and its result will be dropped.
+            workers[backup.worker]?.leased.remove(shard)
+            if let holder = leases[shard]?.worker { workers[holder]?.leased.remove(shard) }
+            let loser = backup.worker == key ? leases[shard]?.worker : backup.worker
+            if let loser { raceLosers[shard] = loser }
+        }
         if let holder = leases.removeValue(forKey: shard) {
             workers[holder.worker]?.leased.remove(shard)
         } else if let idx = pendingStack.lastIndex(of: shard) {
@@ -219,6 +336,7 @@ public struct Scheduler {
     /// the failure with `fail(shard:from:now:)`, which queues it again.
     public mutating func revoke(shard: Int, from key: WorkerKey, samples: Int, computeSeconds: Double) {
         guard done.remove(shard) != nil else { return }
+        raceLosers[shard] = nil // a copy still being computed may now merge
         if workers[key] != nil {
             workers[key]!.done -= 1
             workers[key]!.samplesDone -= samples
@@ -230,9 +348,15 @@ public struct Scheduler {
     public mutating func fail(shard: Int, from key: WorkerKey, now: Double) -> FailureVerdict {
         guard shards[shard] != nil, !done.contains(shard) else { return .ignored }
         touch(key, now: now)
+        workers[key]?.lastReportAt = now
         workers[key]?.leased.remove(shard)
-        if leases[shard]?.worker == key {
+        var otherCopyRuns = false
+        if backups[shard]?.worker == key {
+            backups[shard] = nil
+            otherCopyRuns = true
+        } else if leases[shard]?.worker == key {
             leases[shard] = nil
+            otherCopyRuns = promoteBackup(shard)
         } else if leases[shard] != nil {
             return .ignored // someone else holds it now
         } else if pendingStack.contains(shard) {
@@ -242,7 +366,8 @@ public struct Scheduler {
         failures[shard] = attempts
         failedOn[shard, default: []].insert(key)
         if attempts >= maxFailures { return .giveUp(attempts: attempts) }
-        pendingStack.append(shard)
+        // A backup's failure (or the primary's, with a backup running) leaves the other copy running.
+        if !otherCopyRuns { pendingStack.append(shard) }
         return .retry(attempts: attempts)
     }
 
@@ -250,6 +375,6 @@ public struct Scheduler {
     public mutating func requeue(shard: Int) {
         guard let lease = leases.removeValue(forKey: shard) else { return }
         workers[lease.worker]?.leased.remove(shard)
-        pendingStack.append(shard)
+        if !promoteBackup(shard) { pendingStack.append(shard) }
     }
 }

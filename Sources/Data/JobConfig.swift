@@ -185,6 +185,9 @@ public struct ClusterConfig: Sendable, Hashable {
     public var checkpointEverySeconds: Double = 30
     /// A shard failing this many times aborts the job.
     public var maxShardFailures: Int = 3
+    /// Once no shard is left to lease, an idle worker computes a copy of a shard that a slower
+    /// worker holds, when it is expected to finish it clearly sooner; the first copy merges.
+    public var backupLeases: Bool = true
     /// Largest accepted message, in bytes.
     public var maxMessageBytes: Int = 256 << 20
     public init() {}

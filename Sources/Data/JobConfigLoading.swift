@@ -255,7 +255,8 @@ extension JobConfig {
     static func cluster(_ node: ConfigNode?, _ w: inout ConfigWalker) -> ClusterConfig {
         var c = ClusterConfig()
         let keys = ["bind", "publish", "workers", "credits_per_worker", "heartbeat_interval", "worker_timeout",
-                    "checkpoint_every_results", "checkpoint_every_seconds", "max_shard_failures", "max_message_bytes"]
+                    "checkpoint_every_results", "checkpoint_every_seconds", "max_shard_failures", "max_message_bytes",
+                    "backup_leases"]
         guard let m = w.mapping(node, "cluster", allowed: keys) else { return c }
         if let v = w.string(m["bind"], "cluster.bind") { c.bind = v }
         if let v = w.string(m["publish"], "cluster.publish") { c.publish = v }
@@ -267,6 +268,7 @@ extension JobConfig {
         if let v = w.double(m["checkpoint_every_seconds"], "cluster.checkpoint_every_seconds") { c.checkpointEverySeconds = v }
         if let v = w.int(m["max_shard_failures"], "cluster.max_shard_failures") { c.maxShardFailures = v }
         if let v = w.int(m["max_message_bytes"], "cluster.max_message_bytes") { c.maxMessageBytes = v }
+        if let v = w.bool(m["backup_leases"], "cluster.backup_leases") { c.backupLeases = v }
         return c
     }
 

@@ -102,6 +102,7 @@ struct CoordinatorOptions: ParsableArguments {
         c.heartbeatInterval = heartbeat ?? job.cluster.heartbeatInterval
         c.livenessTimeout = workerTimeout ?? job.cluster.workerTimeout
         c.maxFailures = job.cluster.maxShardFailures
+        c.backupLeases = job.cluster.backupLeases
         c.checkpointEveryResults = job.cluster.checkpointEveryResults
         c.checkpointEverySeconds = job.cluster.checkpointEverySeconds
         c.limits.maxResultBytes = min(job.cluster.maxMessageBytes, 1 << 30)
@@ -287,7 +288,8 @@ func describeSkipped(_ result: CoordinatorResult, outputs: CalibrationOutputs?) 
 
 func describeCounters(_ stats: CoordinatorStats) -> String {
     "merged \(stats.resultsMerged), duplicates \(stats.duplicates), malformed \(stats.malformed), refused \(stats.refused), " +
-        "expired workers \(stats.expiredWorkers), failures \(stats.failures), checkpoints \(stats.checkpoints)"
+        "expired workers \(stats.expiredWorkers), failures \(stats.failures), checkpoints \(stats.checkpoints)" +
+        (stats.backupLeases > 0 ? ", backup leases \(stats.backupLeases) (\(stats.backupResultsDropped) finished second)" : "")
 }
 
 /// Runs a coordinator to the end with signal handling; returns the result or throws a CLIError.
@@ -402,7 +404,11 @@ struct WorkerCommand: ParsableCommand {
         switch try worker.run() {
         case .finished(let done):
             logger.info("run over: \(done.outcome)\(done.reason.map { " (\($0))" } ?? "")")
-            if done.outcome == "failed" { throw ExitCode(1) }
+            // The compute thread may still be on a copy nobody needs (a backup lease that lost its
+            // race, or the original it overtook). The run is over: end now rather than wait for it
+            // (_exit skips library destructors, which must not run under a thread still computing).
+            fflush(nil)
+            _exit(done.outcome == "failed" ? 1 : 0)
         case .refused(let r):
             throw CLIError("refused by the coordinator: \(r.reason)")
         case .stopped:

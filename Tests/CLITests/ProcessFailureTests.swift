@@ -52,7 +52,11 @@ import Glibc
         let reference = try Self.referenceCache(in: dir)
         let port = freeTCPPort()
         let out = dir.appendingPathComponent("run").path
-        let coordinator = try Background(["coordinator"] + Self.job + ["--out", out, "--bind", "tcp://127.0.0.1:\(port)"], in: dir, name: "coordinator")
+        // Backup leases off: this checks the liveness path (the dead worker's leases expire and go
+        // back to the queue); with them on, the survivor may finish those shards first.
+        let coordinator = try Background(["coordinator"] + Self.job + ["--set", "cluster.backup_leases=false",
+                                                                        "--out", out, "--bind", "tcp://127.0.0.1:\(port)"],
+                                         in: dir, name: "coordinator")
         defer { coordinator.kill9() }
         let workers = try (0..<2).map { i in
             try Background(["worker", "--connect", "tcp://127.0.0.1:\(port)", "--id", "w\(i)",

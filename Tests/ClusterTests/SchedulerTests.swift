@@ -92,4 +92,113 @@ struct SchedulerTests {
         #expect(s.assign(now: 0).map(\.shard.id) == [1, 3])
         #expect(ShardSpec.plan(sampleCount: 5, shardSize: 2).map(\.indices) == [0..<2, 2..<4, 4..<5])
     }
+
+    /// Four 1-sample shards; a (credit 1) finishes shards 0, 2 and 3 in 0.1 s each (10 samples/s),
+    /// while b (credit 1) still holds shard 1, leased at time 0 and not finished.
+    func stragglerScenario(backupLeases: Bool) -> Scheduler {
+        var s = Scheduler(shards: ShardSpec.plan(sampleCount: 4, shardSize: 1), livenessTimeout: 5, backupLeases: backupLeases)
+        s.admit(a, name: "a", now: 0)
+        s.admit(b, name: "b", now: 0)
+        s.setWindow(a, credits: 1, now: 0)
+        s.setWindow(b, credits: 1, now: 0)
+        #expect(s.assign(now: 0).map(\.shard.id) == [0, 1])
+        #expect(s.complete(shard: 0, from: a, samples: 1, computeSeconds: 0.1, now: 0.1) == .merge)
+        #expect(s.assign(now: 0.1).map(\.shard.id) == [2])
+        #expect(s.complete(shard: 2, from: a, samples: 1, computeSeconds: 0.1, now: 0.2) == .merge)
+        #expect(s.assign(now: 0.2).map(\.shard.id) == [3])
+        #expect(s.complete(shard: 3, from: a, samples: 1, computeSeconds: 0.1, now: 0.3) == .merge)
+        return s
+    }
+
+    @Test("backup leases: an idle worker gets a copy of a straggler's shard only when it would clearly finish first; the first copy merges, the other is dropped")
+    func backupLeases() {
+        var s = stragglerScenario(backupLeases: true)
+        // At 0.3 s b has run 0.3 s without a result: it is expected to need >= 0.3 s more; a needs
+        // 0.1 s. 0.3 > 1.25 x 0.1 but the gain (0.2 s) is only just the minimum: nudge time past it.
+        #expect(s.assign(now: 0.29).isEmpty, "gain 0.19 s < 0.2 s")
+        let backup = s.assign(now: 0.35)
+        #expect(backup.count == 1 && backup.first?.worker == a && backup.first?.shard.id == 1)
+        #expect(s.backups[1]?.worker == a && s.leases[1]?.worker == b)
+        #expect(s.assign(now: 0.4).isEmpty, "one backup per shard, one lease per credit")
+        #expect(s.complete(shard: 1, from: a, samples: 1, computeSeconds: 0.1, now: 0.45) == .merge)
+        #expect(s.isFinished && s.backups.isEmpty && s.leases.isEmpty)
+        #expect(s.workers[a]!.leased.isEmpty && s.workers[b]!.leased.isEmpty)
+        // b's copy arrives later: expected, not a duplicate; a third copy would be one.
+        #expect(s.complete(shard: 1, from: b, samples: 1, computeSeconds: 2, now: 2) == .backupLost)
+        #expect(s.complete(shard: 1, from: b, samples: 1, computeSeconds: 2, now: 2) == .duplicate)
+        // Off: the same history gives no backup.
+        var off = stragglerScenario(backupLeases: false)
+        #expect(off.assign(now: 5).isEmpty)
+    }
+
+    @Test("backup leases follow the holders' recent speed: a holder slower by little keeps its shard alone")
+    func backupLeasesUseRecentRates() {
+        // Shards of 4 samples. a: 40 samples/s (0.1 s per shard). b's last shard ran at rate r_b.
+        func scenario(bSecondsPerShard: Double) -> Scheduler {
+            var s = Scheduler(shards: ShardSpec.plan(sampleCount: 16, shardSize: 4), livenessTimeout: 5, backupLeases: true)
+            s.admit(a, name: "a", now: 0)
+            s.admit(b, name: "b", now: 0)
+            s.setWindow(a, credits: 1, now: 0)
+            s.setWindow(b, credits: 1, now: 0)
+            #expect(s.assign(now: 0).map(\.shard.id) == [0, 1])
+            #expect(s.complete(shard: 1, from: b, samples: 4, computeSeconds: bSecondsPerShard, now: 1) == .merge)
+            #expect(s.assign(now: 1).map(\.shard.id) == [2])  // b: shard 2 from t = 1
+            #expect(s.complete(shard: 0, from: a, samples: 4, computeSeconds: 0.1, now: 1.05) == .merge)
+            #expect(s.assign(now: 1.05).map(\.shard.id) == [3])
+            #expect(s.complete(shard: 3, from: a, samples: 4, computeSeconds: 0.1, now: 1.1) == .merge)
+            return s
+        }
+        // b needs 1 s per shard: 0.9 s left at t = 1.1, against a's 0.1 s.
+        var slow = scenario(bSecondsPerShard: 1)
+        #expect(slow.assign(now: 1.1).map { [$0.worker == a ? "a" : "b": $0.shard.id] } == [["a": 2]])
+        // b needs 0.3 s per shard: 0.2 s left, a gain of 0.1 s: not worth a backup.
+        var close = scenario(bSecondsPerShard: 0.3)
+        #expect(close.assign(now: 1.1).isEmpty)
+    }
+
+    @Test("a straggler that dies or fails leaves its shard to the backup, not to the queue; losing the backup's worker leaves the original")
+    func backupSurvivesItsOriginal() {
+        var s = stragglerScenario(backupLeases: true)
+        #expect(s.assign(now: 0.5).map(\.shard.id) == [1])
+        #expect(s.remove(b) == [], "nothing goes back to the queue: a computes shard 1")
+        #expect(s.pendingCount == 0 && s.leases[1]?.worker == a && s.backups.isEmpty)
+        #expect(s.complete(shard: 1, from: a, samples: 1, computeSeconds: 0.1, now: 0.6) == .merge)
+        #expect(s.isFinished)
+
+        var f = stragglerScenario(backupLeases: true)
+        #expect(f.assign(now: 0.5).map(\.shard.id) == [1])
+        #expect(f.fail(shard: 1, from: b, now: 0.55) == .retry(attempts: 1))
+        #expect(f.pendingCount == 0 && f.leases[1]?.worker == a)
+
+        var g = stragglerScenario(backupLeases: true)
+        #expect(g.assign(now: 0.5).map(\.shard.id) == [1])
+        #expect(g.remove(a) == [])
+        #expect(g.pendingCount == 0 && g.leases[1]?.worker == b && g.backups.isEmpty)
+        #expect(g.complete(shard: 1, from: b, samples: 1, computeSeconds: 1, now: 1) == .merge)
+    }
+
+    @Test("a shard leased ahead is timed from its holder's previous report, not from its lease")
+    func backupTimesQueuedLeases() {
+        // Eight 4-sample shards; a (credit 1) takes 0.1 s per shard, b (credit 2) 1 s.
+        var s = Scheduler(shards: ShardSpec.plan(sampleCount: 32, shardSize: 4), livenessTimeout: 5, backupLeases: true)
+        s.admit(a, name: "a", now: 0)
+        s.admit(b, name: "b", now: 0)
+        s.setWindow(a, credits: 1, now: 0)
+        s.setWindow(b, credits: 2, now: 0)
+        #expect(s.assign(now: 0).map(\.shard.id) == [0, 1, 2])   // a: 0; b: 1, and 2 waiting behind it
+        #expect(s.complete(shard: 1, from: b, samples: 4, computeSeconds: 1, now: 1) == .merge)
+        #expect(s.complete(shard: 0, from: a, samples: 4, computeSeconds: 0.1, now: 1) == .merge)
+        #expect(s.assign(now: 1).map(\.shard.id) == [3, 4])      // a: 3; b: 4, behind 2, which starts now
+        var t = 1.0
+        for (shard, next) in [(3, 5), (5, 6), (6, 7), (7, 4)] {
+            t += 0.1
+            #expect(s.complete(shard: shard, from: a, samples: 4, computeSeconds: 0.1, now: t) == .merge)
+            #expect(s.assign(now: t).map(\.shard.id) == [next], "at \(t)")
+        }
+        // At 1.4 s a ran dry and took a backup of shard 4 (b starts it at 2 s, done at 3 s).
+        #expect(s.backups[4]?.worker == a)
+        #expect(s.complete(shard: 4, from: a, samples: 4, computeSeconds: 0.1, now: 1.5) == .merge)
+        // Shard 2 started at 1.0 (b's report), not at its lease (0): 0.5 s left against a's 0.1 s.
+        #expect(s.assign(now: 1.5).map { [$0.worker == a ? "a" : "b": $0.shard.id] } == [["a": 2]])
+    }
 }
