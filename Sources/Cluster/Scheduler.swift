@@ -217,9 +217,11 @@ public struct Scheduler {
 
     /// Seconds until `holder` is expected to finish each shard it holds as primary. It computes
     /// them in lease order, the first since its lease was sent or the holder's last report,
-    /// whichever is later (a shard leased ahead waits for the one before it). With a recent rate, each takes
-    /// samples / rate; a holder that has not finished a shard yet is assumed to need at least as
-    /// long again as its first shard has run so far, and as long for each shard after it.
+    /// whichever is later (a shard leased ahead waits for the one before it). With a recent rate,
+    /// each takes samples / rate; once the first has run longer than that, it is assumed to be late
+    /// by as much again (so a stalled or stopped worker's estimate keeps growing). A holder that has
+    /// not finished a shard yet is assumed to need at least as long again as its first shard has
+    /// run so far, and as long for each shard after it.
     func expectedFinish(of holder: WorkerKey, now: Double) -> [Int: Double] {
         guard let info = workers[holder] else { return [:] }
         let held = info.leased.filter { leases[$0]?.worker == holder }
@@ -237,7 +239,13 @@ public struct Scheduler {
         var t = 0.0
         for (i, shard) in held.enumerated() {
             let duration = Double(shards[shard]!.indices.count) / rate
-            t = i == 0 ? max(0, duration - (info.recentRate == nil ? 0 : running)) : t + duration
+            if i > 0 {
+                t += duration
+            } else if info.recentRate == nil {
+                t = running
+            } else {
+                t = abs(duration - running)   // time left, or once overdue the delay so far
+            }
             out[shard] = t
         }
         return out

@@ -80,6 +80,47 @@ import Glibc
         #expect(workers[1].wait(seconds: 30) == 0, "the surviving worker ends with the run: \(workers[1].stderr.suffix(2000))")
     }
 
+    @Test func aStoppedWorkersShardsAreFinishedByBackupLeases() throws {
+        guard DemoTests.datasetPresent else {
+            print("skipped: Debian's dataset-fashion-mnist is not installed (scripts/bootstrap installs it)")
+            return
+        }
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let reference = try Self.referenceCache(in: dir)
+        let port = freeTCPPort()
+        let out = dir.appendingPathComponent("run").path
+        // A long liveness timeout: the stopped worker's leases cannot expire within this test, so
+        // only backup leases can finish its shards.
+        let coordinator = try Background(["coordinator"] + Self.job + ["--set", "cluster.worker_timeout=120",
+                                                                        "--out", out, "--bind", "tcp://127.0.0.1:\(port)"],
+                                         in: dir, name: "coordinator")
+        defer { coordinator.kill9() }
+        let workers = try (0..<2).map { i in
+            try Background(["worker", "--connect", "tcp://127.0.0.1:\(port)", "--id", "w\(i)",
+                            "--model-cache", dir.appendingPathComponent("models").path], in: dir, name: "worker\(i)")
+        }
+        defer { for w in workers { kill(w.process.processIdentifier, SIGCONT); w.kill9() } }
+        let holding = waitUntil(seconds: 120) {
+            guard let s = coordinatorStatus("tcp://127.0.0.1:\(port)"), (s["shards_done"] as? Int ?? 0) >= 1,
+                  let ws = s["workers"] as? [[String: Any]] else { return false }
+            return ws.contains { $0["id"] as? String == "w0" && !(($0["leased"] as? [Int]) ?? []).isEmpty }
+        }
+        #expect(holding, "w0 never held a lease: \(coordinator.stderr.suffix(2000))")
+        // Freeze w0 (as a machine that stalls): it holds its leases but computes nothing.
+        kill(workers[0].process.processIdentifier, SIGSTOP)
+        let status = coordinator.wait(seconds: 100)
+        #expect(status == 0, "coordinator: \(coordinator.stderr.suffix(3000))")
+        #expect(coordinator.stdout.contains("expired workers 0"), "\(coordinator.stdout)")
+        #expect(coordinator.stdout.contains("backup leases"), "the stopped worker's shards were backed up: \(coordinator.stdout)")
+        #expect(try String(contentsOfFile: out + "/calibration.cache", encoding: .utf8) == reference)
+        #expect(try StateFile.read(out + "/calibration.state").shards == Set(0..<40))
+        // Woken up, w0 finds DONE waiting and exits at once, whatever its compute thread was doing.
+        kill(workers[0].process.processIdentifier, SIGCONT)
+        #expect(workers[0].wait(seconds: 30) == 0, "w0: \(workers[0].stderr.suffix(2000))")
+        #expect(workers[1].wait(seconds: 30) == 0, "w1: \(workers[1].stderr.suffix(2000))")
+    }
+
     @Test func killingTheCoordinatorThenResumingGivesTheSameCache() throws {
         guard DemoTests.datasetPresent else {
             print("skipped: Debian's dataset-fashion-mnist is not installed (scripts/bootstrap installs it)")

@@ -201,4 +201,23 @@ struct SchedulerTests {
         // Shard 2 started at 1.0 (b's report), not at its lease (0): 0.5 s left against a's 0.1 s.
         #expect(s.assign(now: 1.5).map { [$0.worker == a ? "a" : "b": $0.shard.id] } == [["a": 2]])
     }
+
+    @Test("a holder overdue on its shard (stalled, stopped) is estimated late by as much again: a backup follows")
+    func backupForOverdueHolder() {
+        // Shards of 4 samples. b: 1 s per shard; a: 0.9 s, too close to b for a backup while b is on time.
+        var s = Scheduler(shards: ShardSpec.plan(sampleCount: 12, shardSize: 4), livenessTimeout: 60, backupLeases: true)
+        s.admit(a, name: "a", now: 0)
+        s.admit(b, name: "b", now: 0)
+        s.setWindow(a, credits: 1, now: 0)
+        s.setWindow(b, credits: 1, now: 0)
+        #expect(s.assign(now: 0).map(\.shard.id) == [0, 1])
+        #expect(s.complete(shard: 1, from: b, samples: 4, computeSeconds: 1, now: 1) == .merge)
+        #expect(s.assign(now: 1).map(\.shard.id) == [2])         // b: shard 2, due at t = 2
+        #expect(s.complete(shard: 0, from: a, samples: 4, computeSeconds: 0.9, now: 1) == .merge)
+        #expect(s.assign(now: 1).isEmpty, "1 s left against a's 0.9 s")
+        #expect(s.assign(now: 2).isEmpty, "due now")
+        #expect(s.assign(now: 3).isEmpty, "1 s late: estimated 1 s more, against 0.9 s")
+        // 1.2 s late: estimated 1.2 s more > 1.25 x 0.9 s, and 0.3 s gained.
+        #expect(s.assign(now: 3.2).map { [$0.worker == a ? "a" : "b": $0.shard.id] } == [["a": 2]])
+    }
 }
